@@ -1,0 +1,38 @@
+# haste: `make demo` trains the quickstart (HASTE on the embedded digits), `make test` runs the tests,
+# `make bench` prints the Phase I / Phase II / vanilla step times. Each creates .venv and installs haste first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Known good here; override for another platform or CUDA, e.g. `make test TORCH="torch==2.9.1"`.
+TORCH ?= torch==2.14.1
+NPROC ?= 2
+STAMP := $(VENV)/.haste-installed
+
+.PHONY: demo test bench lint install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing $(TORCH) and haste (editable, with test tools) into $(VENV)"
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@echo "training recipes/quickstart.yaml on $(NPROC) processes (run folder: runs/quickstart)"
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m haste_core.run recipes/quickstart.yaml
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/phase_cost.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check haste_core plugins tests benchmarks
+	$(VENV)/bin/ruff format --check haste_core plugins tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache haste.egg-info

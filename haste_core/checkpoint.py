@@ -1,0 +1,99 @@
+"""Checkpoints: full training state in plain dicts, written atomically, readable with ``weights_only=True``.
+
+Layout: ``<run_dir>/checkpoints/step_<8 digits>.pt`` plus ``latest.pt`` (a hard link to the newest, replaced
+atomically). A checkpoint is first written to a temporary file in the same folder and then renamed, so a crash
+or a full disk never leaves a truncated file under a checkpoint's name and never touches earlier checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from haste_core.errors import CheckpointError
+
+FORMAT = "haste-checkpoint/1"
+LATEST = "latest.pt"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_path(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
+
+
+def latest_path(run_dir: Path) -> Path:
+    return checkpoint_dir(run_dir) / LATEST
+
+
+def step_files(run_dir: Path) -> list[Path]:
+    """The step checkpoints in a run folder, oldest first."""
+    return sorted(checkpoint_dir(run_dir).glob("step_*.pt"))
+
+
+def save(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
+    """Write ``state`` as the checkpoint of ``step``, point ``latest.pt`` at it, keep the newest ``keep``."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = step_path(run_dir, step)
+    temporary = folder / f".{target.name}.tmp"
+    with open(temporary, "wb") as handle:
+        torch.save({"format": FORMAT, **state}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    _point_latest(folder, target)
+    if keep > 0:
+        for old in step_files(run_dir)[:-keep]:
+            old.unlink()
+    return target
+
+
+def _point_latest(folder: Path, target: Path) -> None:
+    temporary = folder / f".{LATEST}.tmp"
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(target, temporary)
+    except OSError:  # file systems without hard links get a copy
+        shutil.copyfile(target, temporary)
+    os.replace(temporary, folder / LATEST)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU; a clear ``CheckpointError`` if it is missing, truncated or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        others = [p.name for p in sorted(path.parent.glob("step_*.pt")) if p != path]
+        hint = f"; other checkpoints in {path.parent}: {', '.join(others)}" if others else ""
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it may be truncated or not a "
+            f"haste checkpoint. Point run.resume at another file{hint}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a haste checkpoint (format {found!r}, expected {FORMAT!r})")
+    return state
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's random number generator states."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,76 @@
+"""Training metrics accumulated on the device and read back only when logging (one sync per log).
+
+Per-step losses are summed as device tensors; at a logging step they are averaged over the window's steps and
+across ranks in one ``all_reduce``, then turned into Python floats. Wall time spent on sampling and
+checkpointing is excluded from the step time.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+
+import torch
+from torch import Tensor
+
+from haste_core import distributed
+
+BYTES_PER_MB = 2**20
+KB_PER_MB = 1024  # Linux reports ru_maxrss in kilobytes
+
+
+class MetricWindow:
+    def __init__(self, device: torch.device, global_batch: int) -> None:
+        self.device = device
+        self.global_batch = global_batch
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.steps = 0
+        self.excluded_s = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, values: dict[str, Tensor]) -> None:
+        """Add one step's scalar tensors (detached) to the running sums."""
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.steps += 1
+
+    def exclude(self, seconds: float) -> None:
+        """Do not count ``seconds`` (spent sampling or checkpointing) as training time."""
+        self.excluded_s += seconds
+
+    def reduce(self) -> dict[str, float]:
+        """Window averages over steps and ranks, plus perf/step_s, perf/samples_per_s and perf/peak_mem_mb."""
+        if self.steps == 0:
+            return {}
+        elapsed = max(time.perf_counter() - self.started - self.excluded_s, 1e-9)
+        keys = sorted(self.sums)  # the same order on every rank
+        local = [self.sums[k] / self.steps for k in keys]
+        local.append(torch.tensor(elapsed / self.steps, device=self.device))
+        local.append(torch.tensor(_peak_memory_mb(self.device), device=self.device))
+        averaged = distributed.all_reduce_mean(torch.stack(local)).tolist()
+        out = dict(zip(keys, averaged[: len(keys)], strict=True))
+        step_s = averaged[len(keys)]
+        out["perf/step_s"] = step_s
+        out["perf/samples_per_s"] = self.global_batch / step_s
+        out["perf/peak_mem_mb"] = averaged[len(keys) + 1]
+        self._reset()
+        return out
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated GPU memory on CUDA (reset after reading); peak resident memory of the process on CPU."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / BYTES_PER_MB
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KB_PER_MB
+
+
+def non_finite(metrics: dict[str, float]) -> list[str]:
+    """Names of the metrics that are NaN or infinite."""
+    return [key for key, value in metrics.items() if not math.isfinite(value)]

@@ -1,0 +1,80 @@
+"""A run's folder: deciding, before anything is written, whether to start fresh or resume.
+
+``<output_dir>/<name>/`` holds ``recipe.yaml`` (the resolved recipe), ``tensorboard/``, ``checkpoints/`` and
+``samples/``. A folder that holds a different run, or files that are not a haste run, is never written to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from haste_core import checkpoint
+from haste_core.errors import RunFolderError
+from haste_core.recipe import Recipe
+
+RECIPE_FILE = "recipe.yaml"
+# Settings that may change when a run is continued: how long it runs and how often it logs and saves.
+CHANGEABLE_ON_RESUME = {
+    "run.max_steps", "run.resume", "run.log_every", "run.checkpoint_every", "run.keep_checkpoints",
+    "run.sample_every", "run.device", "data.num_workers",
+}  # fmt: skip
+
+
+def resume_source(recipe: Recipe) -> Path | None:
+    """The checkpoint to resume from (None: start fresh); ``RunFolderError`` if the folder must not be used."""
+    run_dir = recipe.run_dir
+    saved = run_dir / RECIPE_FILE
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not saved.is_file():
+        raise RunFolderError(
+            f"{run_dir} already holds files but no {RECIPE_FILE}, so it is not a haste run folder; nothing was "
+            "written. Choose another run.name or run.output_dir."
+        )
+    if saved.is_file():
+        differences = recipe_differences(yaml.safe_load(saved.read_text()) or {}, recipe.to_dict())
+        if differences:
+            shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+            raise RunFolderError(
+                f"{run_dir} already holds a different run ({shown}); nothing was changed. Choose another "
+                "run.name (e.g. add run.name=... to the command), or delete that folder to start it over."
+            )
+    latest = checkpoint.latest_path(run_dir)
+    if recipe.run.resume == "never":
+        if latest.is_file():
+            raise RunFolderError(
+                f"{run_dir} already holds checkpoints of this run and run.resume is 'never'; set run.resume=auto "
+                "to continue it, or choose another run.name to start a new one."
+            )
+        return None
+    if recipe.run.resume == "auto":
+        return latest if latest.is_file() else None
+    return Path(recipe.run.resume)
+
+
+def recipe_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'path: old -> new' for every setting that differs, except those allowed to change on resume."""
+    if prefix in CHANGEABLE_ON_RESUME:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out += recipe_differences(old.get(key), new.get(key), path)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in recipe_differences(a, b, f"{prefix}.{i}")
+        ]
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def write_recipe(recipe: Recipe) -> None:
+    """Create the run folder and write the resolved recipe (rank 0 only), atomically."""
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    header = f"# resolved recipe of run '{recipe.run.name}' (from {recipe.source}); haste writes this file\n"
+    temporary = run_dir / f".{RECIPE_FILE}.tmp"
+    temporary.write_text(header + recipe.to_yaml())
+    temporary.replace(run_dir / RECIPE_FILE)

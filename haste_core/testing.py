@@ -1,0 +1,264 @@
+"""Contract checks for plugin authors: call them from your own tests.
+
+    from haste_core.testing import check_teacher
+    def test_my_teacher():
+        check_teacher(MyTeacher)
+
+Each ``check_*`` builds the component with a small configuration (its ``example_config``), exercises the
+interface, and raises ``AssertionError`` naming the broken promise. Classes or registry entries are accepted.
+Big students (over ``max_params`` parameters) are checked on the meta device: shapes only, no numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from haste_core.interfaces import (
+    Alignment,
+    Capture,
+    Dataset,
+    DataSpec,
+    Objective,
+    Student,
+    StudentOutput,
+    StudentSpec,
+    Teacher,
+    TeacherOutput,
+    TeacherSpec,
+    Termination,
+)
+from haste_core.registry import Entry
+
+SMALL_DATA = DataSpec(x_shape=(4, 16, 16), image_shape=(3, 16, 16), num_classes=10, num_items=64)
+MAX_REAL_PARAMS = 50_000_000  # bigger students are checked on the meta device (shapes only)
+
+
+def _entry(component: Entry | type) -> Entry:
+    return component if isinstance(component, Entry) else Entry(name=component.__name__, cls=component, plugin="test")
+
+
+def _describe(entry: Entry, config: Any, **specs: Any) -> Any:
+    return entry.cls.describe(config, **specs, **entry.fixed)
+
+
+def check_student(component: Entry | type, *, data: DataSpec = SMALL_DATA, batch: int = 2) -> Student:
+    """Shapes, capture of every block, capture not changing the prediction, gradients, null condition."""
+    entry = _entry(component)
+    config = entry.cls.example_config()
+    spec: StudentSpec = _describe(entry, config, data=data)
+    with torch.device("meta"):
+        meta_model = entry.build(config, data=data)
+    params = sum(p.numel() for p in meta_model.parameters())
+    on_meta = params > MAX_REAL_PARAMS
+    model = meta_model if on_meta else entry.build(config, data=data)
+    assert isinstance(model, Student), f"{entry.name} builds a {type(model).__name__}, not a Student"
+    for key in ("depth", "hidden_size", "num_heads", "grid"):
+        assert getattr(model, key) == getattr(spec, key), (
+            f"{entry.name}.{key}={getattr(model, key)} but describe() says {getattr(spec, key)}"
+        )
+    device = torch.device("meta") if on_meta else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    x_t = torch.randn((batch, *data.x_shape), generator=generator).to(device)
+    t = torch.rand(batch, generator=generator).to(device)
+    cond = (torch.arange(batch) % max(data.num_classes, 1)).to(device)
+    every = frozenset(range(spec.depth))
+    model.eval()
+    with torch.no_grad():
+        plain = model(x_t, t, cond)
+        captured = model(x_t, t, cond, capture=Capture(hidden=every, attn=every))
+    tokens = spec.grid * spec.grid
+    assert isinstance(plain, StudentOutput), f"{entry.name}.forward must return a StudentOutput"
+    assert plain.pred.shape == x_t.shape, (
+        f"{entry.name}: pred has shape {tuple(plain.pred.shape)}, x_t {tuple(x_t.shape)}"
+    )
+    assert not plain.hidden and not plain.attn_logits, f"{entry.name}: returned captures that were not asked for"
+    assert set(captured.hidden) == every and set(captured.attn_logits) == every, (
+        f"{entry.name}: capture of every block failed"
+    )
+    for index in every:
+        assert captured.hidden[index].shape == (batch, tokens, spec.hidden_size), f"{entry.name}: hidden[{index}] shape"
+        assert captured.attn_logits[index].shape == (batch, spec.num_heads, tokens, tokens), (
+            f"{entry.name}: attn_logits[{index}] shape"
+        )
+    assert model.null_cond(cond).shape == cond.shape, f"{entry.name}: null_cond changes the shape of cond"
+    if on_meta:
+        return model
+    assert torch.allclose(plain.pred, captured.pred, atol=1e-5), f"{entry.name}: capturing changes the prediction"
+    model.train()
+    out = model(x_t, t, cond, capture=Capture(hidden=every))
+    (out.pred.square().mean() + sum(h.square().mean() for h in out.hidden.values())).backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{entry.name}: no gradient reaches {missing[:3]}"
+    return model
+
+
+def check_teacher(
+    component: Entry | type,
+    *,
+    data: DataSpec | None = None,
+    student: StudentSpec | None = None,
+    batch: int = 2,
+) -> Teacher:
+    """Frozen and in eval mode, patch-token and attention shapes for every block, no gradients."""
+    entry = _entry(component)
+    config = entry.cls.example_config()
+    if data is None:
+        data = entry.cls.example_data()
+    if student is None:
+        student = StudentSpec(name="student", depth=4, hidden_size=64, num_heads=4, grid=4)
+    spec: TeacherSpec = _describe(entry, config, data=data, student=student)
+    teacher = entry.build(config, data=data, student=student, resolve_weights=lambda kind, name: None)
+    assert isinstance(teacher, Teacher), f"{entry.name} builds a {type(teacher).__name__}, not a Teacher"
+    assert not teacher.training, f"{entry.name} must be in eval mode after construction"
+    assert not any(p.requires_grad for p in teacher.parameters()), f"{entry.name} must be frozen (requires_grad False)"
+    images = torch.randint(
+        0, 256, (batch, *data.image_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    every = frozenset(range(spec.depth))
+    out = teacher.encode(images, every | {-1}, every)
+    assert isinstance(out, TeacherOutput), f"{entry.name}.encode must return a TeacherOutput"
+    tokens = spec.grid * spec.grid
+    for index in every | {-1}:
+        assert out.tokens[index].shape == (batch, tokens, spec.embed_dim), (
+            f"{entry.name}: tokens[{index}] has shape {tuple(out.tokens[index].shape)}"
+        )
+        assert not out.tokens[index].requires_grad, f"{entry.name}: tokens[{index}] carry gradients"
+    for index in every:
+        assert out.attn_logits[index].shape == (batch, spec.num_heads, tokens, tokens), (
+            f"{entry.name}: attn_logits[{index}] shape"
+        )
+    only_last = teacher.encode(images, frozenset({-1}), frozenset())
+    assert set(only_last.tokens) == {-1} and not only_last.attn_logits, (
+        f"{entry.name}: returned blocks that were not asked for"
+    )
+    return teacher
+
+
+def check_alignment(
+    component: Entry | type,
+    *,
+    student: StudentSpec | None = None,
+    teacher: TeacherSpec | None = None,
+    batch: int = 2,
+) -> Alignment:
+    """Declared captures are enough to compute the loss; the loss is an fp32 scalar with a gradient."""
+    entry = _entry(component)
+    student = student or StudentSpec(name="student", depth=4, hidden_size=32, num_heads=4, grid=4)
+    teacher = teacher or TeacherSpec(name="teacher", depth=4, embed_dim=24, num_heads=2, grid=4)
+    config = entry.cls.example_config(student=student, teacher=teacher)
+    entry.cls.check(config, student=student, teacher=teacher)
+    alignment = entry.build(config, student=student, teacher=teacher)
+    assert isinstance(alignment, Alignment), f"{entry.name} builds a {type(alignment).__name__}, not an Alignment"
+    tokens, generator = student.grid**2, torch.Generator().manual_seed(0)
+    want_s, want_t = alignment.student_capture(), alignment.teacher_request()
+
+    def rand(*shape: int, grad: bool = False) -> Tensor:
+        return torch.randn(shape, generator=generator).requires_grad_(grad)
+
+    student_out = StudentOutput(
+        pred=rand(batch, 4, 8, 8),
+        hidden={i: rand(batch, tokens, student.hidden_size, grad=True) for i in want_s.hidden},
+        attn_logits={i: rand(batch, student.num_heads, tokens, tokens, grad=True) for i in want_s.attn},
+    )
+    teacher_out = TeacherOutput(
+        tokens={i: rand(batch, tokens, teacher.embed_dim) for i in want_t.hidden},
+        attn_logits={i: rand(batch, teacher.num_heads, tokens, tokens) for i in want_t.attn},
+    )
+    loss, metrics = alignment(student_out, teacher_out)
+    assert loss.shape == () and loss.dtype == torch.float32, (
+        f"{entry.name}: loss must be an fp32 scalar, got {loss.dtype} {tuple(loss.shape)}"
+    )
+    assert torch.isfinite(loss), f"{entry.name}: loss is not finite"
+    assert all(v.shape == () for v in metrics.values()), f"{entry.name}: metrics must be scalars"
+    loss.backward()
+    inputs = [*student_out.hidden.values(), *student_out.attn_logits.values()]
+    assert inputs and all(x.grad is not None for x in inputs), (
+        f"{entry.name}: the loss does not reach every captured tensor"
+    )
+    return alignment
+
+
+def check_termination(component: Entry | type, *, steps: int = 50) -> Termination:
+    """Decisions are Fired or None, and a policy restored from its state_dict decides like the original."""
+    entry = _entry(component)
+    config = entry.cls.example_config()
+
+    def metrics(step: int) -> dict[str, Tensor]:
+        return {"loss/denoise": torch.tensor(1.0 / step), "loss/total": torch.tensor(2.0 / step)}
+
+    straight = entry.build(config)
+    assert isinstance(straight, Termination), f"{entry.name} builds a {type(straight).__name__}, not a Termination"
+    resumed = entry.build(config)
+    decisions, replayed = [], []
+    for step in range(1, steps + 1):
+        decisions.append(straight.update(step, metrics(step)) is not None)
+        if step == steps // 2:
+            state = straight.state_dict()
+            resumed = entry.build(config)
+            resumed.load_state_dict(state)
+        elif step > steps // 2:
+            replayed.append(resumed.update(step, metrics(step)) is not None)
+    assert replayed == decisions[steps // 2 :], f"{entry.name}: a policy restored from state_dict decides differently"
+    return straight
+
+
+def check_objective(component: Entry | type, *, batch: int = 8) -> Objective:
+    """Training pairs have the data's shape, t lies in [0, 1], t = 0 is data and t = 1 noise, loss is fp32."""
+    entry = _entry(component)
+    objective = entry.build(entry.cls.example_config())
+    assert isinstance(objective, Objective), f"{entry.name} builds a {type(objective).__name__}, not an Objective"
+    x0 = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    pair = objective.training_pair(x0)
+    assert pair.x_t.shape == x0.shape and pair.target.shape == x0.shape, f"{entry.name}: pair shapes differ from x0"
+    assert pair.t.shape == (batch,) and bool(((pair.t >= 0) & (pair.t <= 1)).all()), (
+        f"{entry.name}: t must be B values in [0, 1]"
+    )
+    alpha, sigma = objective.alpha_sigma(torch.tensor([0.0, 1.0]))
+    assert alpha[0] > alpha[1] and sigma[0] < sigma[1], f"{entry.name}: t = 0 must be data and t = 1 noise"
+    loss = objective.loss(pair.target + 0.1, pair.target)
+    assert loss.shape == () and loss.dtype == torch.float32 and loss > 0, (
+        f"{entry.name}: loss must be a positive fp32 scalar"
+    )
+    assert objective.velocity(pair.target, pair.x_t, pair.t).shape == x0.shape, f"{entry.name}: velocity shape"
+    return objective
+
+
+def check_dataset(component: Entry | type) -> Dataset:
+    """Items match ``describe``: uint8 images, float x, class ids in range; ``to_images`` gives uint8."""
+    entry = _entry(component)
+    config = entry.cls.example_config()
+    spec: DataSpec = _describe(entry, config)
+    dataset = entry.build(config, split="train")
+    assert isinstance(dataset, Dataset), f"{entry.name} builds a {type(dataset).__name__}, not a Dataset"
+    assert dataclasses.asdict(dataset.spec) == dataclasses.asdict(spec), (
+        f"{entry.name}: spec {dataset.spec} but describe() gave {spec}"
+    )
+    assert len(dataset) == spec.num_items, f"{entry.name}: {len(dataset)} items but describe() says {spec.num_items}"
+    for index in (0, len(dataset) - 1):
+        item = dataset[index]
+        assert item["image"].dtype == torch.uint8 and tuple(item["image"].shape) == spec.image_shape, (
+            f"{entry.name}: image of item {index}"
+        )
+        assert item["x"].is_floating_point() and tuple(item["x"].shape) == spec.x_shape, (
+            f"{entry.name}: x of item {index}"
+        )
+        if spec.num_classes:
+            assert 0 <= int(item["cond"]) < spec.num_classes, f"{entry.name}: class of item {index} out of range"
+    images = dataset.to_images(torch.stack([dataset[0]["x"], dataset[1]["x"]]))
+    assert images.dtype == torch.uint8 and images.shape[0] == 2, f"{entry.name}: to_images must give a uint8 batch"
+    return dataset
+
+
+CHECKS = {
+    "students": check_student,
+    "teachers": check_teacher,
+    "alignments": check_alignment,
+    "terminations": check_termination,
+    "objectives": check_objective,
+    "datasets": check_dataset,
+}
+"""Registry family -> its contract check (tests parametrise over every registered entry with this)."""

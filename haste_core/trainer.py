@@ -1,0 +1,435 @@
+"""The training loop, readable top to bottom.
+
+Each step: data → teachers encode (Phase I only) → student(x_t, t, cond, capture) → denoising loss +
+Σ weight·alignment → backward → clip → optimiser → EMA → termination policies → log / checkpoint / sample.
+
+When an alignment's policy fires, that alignment, its heads and its optimiser state are dropped and the DDP
+wrapper is rebuilt; when the last one stops (Phase II), the teachers are deleted, the student stops capturing
+and the data set is told that images are no longer needed. From then on a step costs what a step without
+alignment costs. A run resumed after that point never builds a teacher.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from haste_core import checkpoint, distributed, run_folder
+from haste_core.data import DataStream
+from haste_core.distributed import DistEnv
+from haste_core.ema import EMA
+from haste_core.errors import CheckpointError, HasteError
+from haste_core.interfaces import Alignment, Capture, Objective, RunContext, Student, Teacher, TeacherOutput
+from haste_core.metrics import BYTES_PER_MB, MetricWindow, non_finite
+from haste_core.phase import PhasePlan, Stop
+from haste_core.plugins import Plugins
+from haste_core.recipe import Recipe
+from haste_core.sampling import euler_sample, grid_columns, make_grid, save_png
+
+log = logging.getLogger("haste")
+
+# Offsets the per-rank training seed from the model-initialisation seed, so the two streams differ.
+_TRAIN_SEED_OFFSET = 1_000_003
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainStep(nn.Module):
+    """The student and the active alignments' heads: the module DDP wraps and the loss comes out of."""
+
+    def __init__(
+        self,
+        student: Student,
+        objective: Objective,
+        alignments: dict[str, Alignment],
+        weights: dict[str, float],
+        teacher_of: dict[str, str],
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.alignments = nn.ModuleDict(alignments)
+        self.objective, self.weights, self.teacher_of = objective, weights, teacher_of
+        capture = Capture()
+        for alignment in alignments.values():
+            capture = capture | alignment.student_capture()
+        self.capture = capture or None  # None: pure fused attention everywhere
+
+    def forward(
+        self, x_t: Tensor, t: Tensor, cond: Tensor, target: Tensor, teacher_outputs: dict[str, TeacherOutput]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.student(x_t, t, cond, capture=self.capture)
+        denoise = self.objective.loss(out.pred, target)
+        total, parts = denoise, {"loss/denoise": denoise}
+        for label, alignment in self.alignments.items():
+            loss, extra = alignment(out, teacher_outputs[self.teacher_of[label]])
+            total = total + self.weights[label] * loss
+            parts[f"align/{label}"] = loss
+            parts.update({f"align/{label}/{key}": value for key, value in extra.items()})
+        parts["loss/total"] = total
+        return total, parts
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, plugins: Plugins, env: DistEnv, resume_from: Any = None) -> None:
+        self.recipe, self.plugins, self.env = recipe, plugins, env
+        device = env.device
+        state = checkpoint.load(resume_from) if resume_from is not None else None
+        self.plan = PhasePlan(recipe)
+        if state is not None:
+            self._check_resumable(state, resume_from)
+            self.plan.load_state_dict(state["phase"])
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = recipe.precision.tf32
+            torch.backends.cudnn.allow_tf32 = recipe.precision.tf32
+
+        torch.manual_seed(recipe.run.seed)  # the same initial weights on every rank
+        self.dataset = recipe.data.build(split="train")
+        self.student: Student = recipe.student.build(data=recipe.data_spec).to(device)
+        self.objective: Objective = recipe.objective.build()
+        self.ema = EMA(self.student, recipe.ema.decay)
+        self.nodes = {node.label: node for node in recipe.alignments}
+        self.alignments: dict[str, Alignment] = {
+            label: self.nodes[label]
+            .build(student=recipe.student_spec, teacher=recipe.teacher_specs[self.nodes[label].teacher])
+            .to(device)
+            for label in self.plan.active
+        }
+        self.teachers: dict[str, Teacher] = {}
+        for key in self._needed_teachers():
+            with distributed.rank_zero_first():  # a teacher may fill a cache (weights, a self-trained model)
+                teacher = recipe.teachers[key].build(
+                    data=recipe.data_spec,
+                    student=recipe.student_spec,
+                    resolve_weights=plugins.resolve_weights,
+                )
+            self.teachers[key] = teacher.to(device).eval().requires_grad_(False)
+        opt = recipe.optimizer
+        groups = [{"params": list(self.student.parameters()), "name": "student"}]
+        groups += [
+            {"params": list(a.parameters()), "name": f"align:{label}"}
+            for label, a in self.alignments.items()
+            if any(True for _ in a.parameters())
+        ]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=recipe.precision.dtype == "fp16")
+        self.stream = DataStream(
+            self.dataset,
+            global_batch=recipe.data.global_batch_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            seed=recipe.run.seed,
+            num_workers=recipe.data.num_workers,
+            device=device,
+        )
+        self.step = 0
+        if state is not None:
+            self._load(state, resume_from)
+        else:
+            torch.manual_seed(recipe.run.seed + _TRAIN_SEED_OFFSET * (env.rank + 1))
+        if not self.teachers:
+            self.dataset.set_images_needed(False)
+        self.module = self._wrap()
+        self.window = MetricWindow(device, recipe.data.global_batch_size)
+        self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
+        self.run = RunContext(
+            recipe=recipe,
+            run_dir=recipe.run_dir,
+            rank=env.rank,
+            world_size=env.world_size,
+            device=device,
+            plugins=plugins.describe(),
+            student=self.student,
+            step=self.step,
+            active_alignments=self.plan.active,
+        )
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        """Train until ``run.max_steps``; the last step saves a checkpoint and a sample grid."""
+        self.plugins.train_start(self.run)
+        self._log_start()
+        started, first_step = time.perf_counter(), self.step
+        try:
+            while self.step < self.recipe.run.max_steps:
+                self.train_step()
+        except BaseException as exc:
+            self.run.error = exc
+            raise
+        finally:
+            self.plugins.train_end(self.run)
+        self._log_end(self.step - first_step, time.perf_counter() - started)
+
+    def train_step(self) -> None:
+        """One optimiser step, then everything that follows it (policies, logging, saving, sampling)."""
+        batch = next(self.stream)
+        with self._autocast():
+            teacher_outputs = self._encode_teachers(batch["image"]) if self.teachers else {}
+            pair = self.objective.training_pair(batch["x"])
+            total, parts = self.module(pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs)
+        del teacher_outputs
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.recipe.optimizer.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), clip)
+        self._set_lr()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.student)
+        self.step += 1
+        self.run.step = self.step
+
+        values = {key: value.detach() for key, value in parts.items()}
+        stops = self.plan.update(self.step, values)
+        values["optim/grad_norm"] = grad_norm
+        values["align/active"] = self._one if self.alignments else self._zero
+        self.window.add(values)
+        self._after_step(stops)
+
+    def _after_step(self, stops: list[Stop]) -> None:
+        run = self.recipe.run
+        last = self.step == run.max_steps
+        metrics: dict[str, float] = {}
+        if stops or last or self.step % run.log_every == 0:  # a window never straddles a phase change
+            metrics = self._collect_metrics(stops)
+        self.plugins.step_end(self.run, self.step, metrics)
+        if stops:
+            self._timed(lambda: self._terminate(stops))
+        if last or (run.sample_every and self.step % run.sample_every == 0):
+            self._timed(self.sample)
+        if last or (run.checkpoint_every and self.step % run.checkpoint_every == 0):
+            self._timed(self.save_checkpoint)
+
+    # --- phase change ---------------------------------------------------------------------------------------
+
+    def _terminate(self, stops: list[Stop]) -> None:
+        for stop in stops:
+            log.info(f"step {stop.step}: alignment '{stop.alignment}' terminated ({stop.reason})")
+            del self.alignments[stop.alignment]
+            self._drop_optimizer_group(f"align:{stop.alignment}")
+            self.plugins.alignment_terminated(self.run, stop.step, stop.alignment, stop.reason)
+        for key in sorted(set(self.teachers) - set(self._needed_teachers())):
+            self._release_teacher(key)
+        if not self.plan.active:
+            log.info(f"step {self.step}: Phase II: denoising loss only, no teacher, no capture")
+            self.dataset.set_images_needed(False)
+            self.stream.restart()
+        self.run.active_alignments = self.plan.active
+        self.module = None  # drop the old DDP wrapper (and its hooks) before building the new one
+        gc.collect()
+        self.module = self._wrap()
+
+    def _release_teacher(self, key: str) -> None:
+        teacher = self.teachers.pop(key)
+        tensors = [*teacher.parameters(), *teacher.buffers()]
+        size_mb = sum(t.numel() * t.element_size() for t in tensors) / BYTES_PER_MB
+        del teacher, tensors
+        gc.collect()
+        if self.env.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.info(f"step {self.step}: released teacher '{key}' ({size_mb:.1f} MB of weights)")
+
+    def _drop_optimizer_group(self, name: str) -> None:
+        for index, group in enumerate(self.optimizer.param_groups):
+            if group.get("name") == name:
+                for param in group["params"]:
+                    self.optimizer.state.pop(param, None)
+                del self.optimizer.param_groups[index]
+                return
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _needed_teachers(self) -> list[str]:
+        return sorted({self.nodes[label].teacher for label in self.plan.active})
+
+    def _wrap(self) -> nn.Module:
+        active = {label: self.alignments[label] for label in self.plan.active}
+        module = TrainStep(
+            self.student,
+            self.objective,
+            active,
+            weights={label: self.nodes[label].weight for label in active},
+            teacher_of={label: self.nodes[label].teacher for label in active},
+        )
+        return distributed.wrap_ddp(module, self.env)
+
+    def _encode_teachers(self, images: Tensor) -> dict[str, TeacherOutput]:
+        """Each teacher encodes the batch once, for all the alignments that use it."""
+        outputs = {}
+        with torch.no_grad():
+            for key, teacher in self.teachers.items():
+                request = Capture()
+                for label in self.plan.active:
+                    if self.nodes[label].teacher == key:
+                        request = request | self.alignments[label].teacher_request()
+                outputs[key] = teacher.encode(images, request.hidden, request.attn)
+        return outputs
+
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _set_lr(self) -> None:
+        opt = self.recipe.optimizer
+        lr = opt.lr * min(1.0, (self.step + 1) / opt.warmup_steps) if opt.warmup_steps else opt.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        dtype = _AUTOCAST_DTYPES.get(self.recipe.precision.dtype)
+        return torch.autocast(self.env.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _timed(self, action: Any) -> None:
+        started = time.perf_counter()
+        action()
+        self.window.exclude(time.perf_counter() - started)
+
+    def _collect_metrics(self, stops: list[Stop]) -> dict[str, float]:
+        metrics = self.window.reduce()
+        metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]
+        for stop in stops:
+            metrics[f"termination/fired/{stop.alignment}"] = float(stop.step)
+        if stops and not self.plan.active:
+            metrics["termination/fired"] = float(self.step)
+        bad = non_finite(metrics)
+        if bad:
+            raise HasteError(
+                f"training diverged: {', '.join(bad)} became NaN or infinite by step {self.step}. The last "
+                f"checkpoint is {checkpoint.latest_path(self.recipe.run_dir)}. Lower optimizer.lr, keep "
+                "optimizer.grad_clip on, or use precision.dtype=bf16 or fp32 instead of fp16."
+            )
+        if self.env.is_main:
+            log.info(_format_metrics(self.step, self.recipe.run.max_steps, metrics))
+        return metrics
+
+    def _log_start(self) -> None:
+        if not self.env.is_main:
+            return
+        run = self.recipe.run
+        if self.step >= run.max_steps:
+            log.info(
+                f"run '{run.name}' is already finished (step {self.step} of {run.max_steps}); its files are in "
+                f"{self.recipe.run_dir}. Raise run.max_steps to train on, or choose another run.name."
+            )
+            return
+        count = sum(p.numel() for p in self.student.parameters())
+        phase = f"Phase I ({', '.join(self.plan.active)})" if self.plan.active else "Phase II / no alignment"
+        where = f"resuming at step {self.step}" if self.step else "starting"
+        log.info(
+            f"{where}: {self.recipe.student.name} ({count / 1e6:.2f}M parameters), {self.env.world_size} "
+            f"process(es) on {self.env.device.type}, {phase}; run folder {self.recipe.run_dir}"
+        )
+
+    def _log_end(self, steps: int, seconds: float) -> None:
+        if not self.env.is_main or steps == 0:
+            return
+        run_dir = self.recipe.run_dir
+        samples = sorted((run_dir / "samples").glob("*.png"))
+        log.info(f"done: {steps} steps in {seconds:.0f} s. Run folder {run_dir}:")
+        log.info(f"  samples      {samples[-1] if samples else '(none)'}")
+        log.info(f"  checkpoints  {checkpoint.latest_path(run_dir)}")
+        log.info(f"  TensorBoard  tensorboard --logdir {run_dir / 'tensorboard'}")
+
+    # --- checkpoints and samples ----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Gather every rank's RNG state; rank 0 writes atomically; every rank waits for it."""
+        rng = distributed.all_gather_objects(checkpoint.capture_rng())
+        path = checkpoint.step_path(self.recipe.run_dir, self.step)
+        if self.env.is_main:
+            state = {
+                "step": self.step,
+                "student": self.student.state_dict(),
+                "ema": self.ema.state_dict(),
+                "alignments": {label: a.state_dict() for label, a in self.alignments.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+                "data": self.stream.position(),
+                "phase": self.plan.state_dict(),
+                "recipe": self.recipe.to_dict(),
+                "plugins": self.run.plugins,
+                "world_size": self.env.world_size,
+            }
+            path = checkpoint.save(state, self.recipe.run_dir, self.step, self.recipe.run.keep_checkpoints)
+            log.info(f"step {self.step}: saved {path}")
+        distributed.barrier()
+        self.plugins.checkpoint_saved(self.run, self.step, path)
+
+    def sample(self) -> None:
+        """A grid from the EMA student (eval mode), with the same noise every time; rank 0 only."""
+        if not self.env.is_main:
+            return
+        cfg = self.recipe.sampling
+        spec = self.recipe.data_spec
+        generator = torch.Generator().manual_seed(cfg.seed)
+        noise = torch.randn((cfg.num_images, *spec.x_shape), generator=generator).to(self.env.device)
+        classes = torch.arange(cfg.num_images) % max(spec.num_classes, 1)
+        with self._autocast():
+            x = euler_sample(
+                self.ema.model,
+                self.objective,
+                noise,
+                classes.to(self.env.device),
+                steps=cfg.steps,
+                cfg_scale=cfg.cfg_scale,
+            )
+        grid = make_grid(self.dataset.to_images(x.float()).cpu(), grid_columns(cfg.num_images, spec.num_classes))
+        path = self.recipe.run_dir / "samples" / f"step_{self.step:08d}.png"
+        save_png(grid, path)
+        self.plugins.samples_saved(self.run, self.step, grid, path)
+
+    # --- resume -----------------------------------------------------------------------------------------------
+
+    def _check_resumable(self, state: dict[str, Any], source: Any) -> None:
+        differences = run_folder.recipe_differences(state.get("recipe", {}), self.recipe.to_dict())
+        if differences:
+            raise CheckpointError(
+                f"checkpoint {source} was written by a different recipe ({'; '.join(differences[:3])}); "
+                "resume it with the recipe it was trained with"
+            )
+
+    def _load(self, state: dict[str, Any], source: Any) -> None:
+        self.student.load_state_dict(state["student"])
+        self.ema.load_state_dict(state["ema"])
+        for label, alignment in self.alignments.items():
+            alignment.load_state_dict(state["alignments"][label])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.stream.load_position(state["data"])
+        self.step = int(state["step"])
+        rng = state["rng"]
+        if len(rng) == self.env.world_size:
+            checkpoint.restore_rng(rng[self.env.rank])
+        else:
+            log.warning(
+                f"checkpoint {source} was written by {len(rng)} processes, this run has {self.env.world_size}: "
+                "random streams restart from the seed, so results will differ from an uninterrupted run"
+            )
+            torch.manual_seed(self.recipe.run.seed + _TRAIN_SEED_OFFSET * (self.env.rank + 1) + self.step)
+        log.info(f"resumed from {source} at step {self.step}")
+
+
+def _format_metrics(step: int, max_steps: int, metrics: dict[str, float]) -> str:
+    parts = [
+        f"step {step}/{max_steps}",
+        f"loss {metrics['loss/total']:.4f}",
+        f"denoise {metrics['loss/denoise']:.4f}",
+    ]
+    parts += [
+        f"{key.split('/', 1)[1]} {value:.4f}"
+        for key, value in metrics.items()
+        if key.startswith("align/") and key.count("/") == 1 and key != "align/active"
+    ]
+    parts.append(f"grad {metrics['optim/grad_norm']:.3f}")
+    parts.append(f"{metrics['perf/step_s'] * 1000:.1f} ms/step")
+    parts.append(f"{metrics['perf/samples_per_s']:.0f} samples/s")
+    parts.append("aligned" if metrics.get("align/active", 0.0) > 0.5 else "denoise only")
+    return " | ".join(parts)

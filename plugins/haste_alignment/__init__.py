@@ -1,0 +1,1 @@
+"""Built-in alignment losses: ``repa`` (projected feature cosine) and ``attention`` (attention distillation)."""

@@ -1,0 +1,1 @@
+"""Built-in training objectives: ``flow`` (linear or cosine interpolant, velocity target)."""

@@ -1,0 +1,1 @@
+"""Built-in students: SiT at every published size (one module per model family)."""

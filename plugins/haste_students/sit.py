@@ -1,0 +1,143 @@
+"""SiT (Ma et al. 2024): a DiT backbone trained as a flow/velocity model, at every published size.
+
+Registered as ``sit_{s,b,l,xl}_{2,4,8}`` (the paper's S/B/L/XL with patch 2, 4 or 8) plus ``sit_micro_*`` and
+``sit_tiny_*`` for CPU work. ``forward`` returns the prediction (same shape as x_t; no learned sigma), and the
+output tokens and pre-softmax attention logits of the blocks named in ``capture``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from haste_core import hookimpl
+from haste_core.errors import RecipeError
+from haste_core.interfaces import Capture, DataSpec, Student, StudentOutput, StudentSpec
+from haste_core.registry import Registry
+from haste_students.blocks import (
+    AdaLNBlock,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    init_dit_weights,
+    sincos_pos_embed,
+    unpatchify,
+)
+
+
+@dataclass(frozen=True)
+class SiTArch:
+    """The dimensions a registered name stands for."""
+
+    depth: int
+    hidden_size: int
+    num_heads: int
+    patch_size: int
+
+
+# (depth, width, heads) from the SiT/DiT papers (haste_spec.md §1.1); micro and tiny are ours, for CPUs.
+SIZES = {
+    "micro": (4, 64, 4),
+    "tiny": (6, 128, 4),
+    "s": (12, 384, 6),
+    "b": (12, 768, 12),
+    "l": (24, 1024, 16),
+    "xl": (28, 1152, 16),
+}
+PATCH_SIZES = {
+    "micro": (1, 2, 4),
+    "tiny": (1, 2, 4),
+    "s": (2, 4, 8),
+    "b": (2, 4, 8),
+    "l": (2, 4, 8),
+    "xl": (2, 4, 8),
+}
+
+
+class SiT(Student):
+    """SiT: patch embedding + fixed sin-cos positions, adaLN-Zero blocks conditioned on time and class."""
+
+    @dataclass(kw_only=True, frozen=True)
+    class Config:
+        class_dropout_prob: float = 0.1  # labels replaced by the null class in training, for CFG
+        qk_norm: bool = False  # LayerNorm on q and k per head: a known cure for long-run fp16 NaNs
+        mlp_ratio: float = 4.0
+
+        def __post_init__(self) -> None:
+            if not 0.0 <= self.class_dropout_prob < 1.0:
+                raise RecipeError(f"must be in [0, 1), got {self.class_dropout_prob}", "class_dropout_prob")
+
+    @classmethod
+    def describe(cls, config: Config, *, data: DataSpec, arch: SiTArch) -> StudentSpec:
+        _, height, width = data.x_shape
+        if height != width or height % arch.patch_size:
+            raise RecipeError(
+                f"needs square inputs whose side divides by the patch size {arch.patch_size}; "
+                f"the data gives {height}×{width}"
+            )
+        return StudentSpec(
+            name=cls.registered_name(arch),
+            depth=arch.depth,
+            hidden_size=arch.hidden_size,
+            num_heads=arch.num_heads,
+            grid=height // arch.patch_size,
+        )
+
+    @staticmethod
+    def registered_name(arch: SiTArch) -> str:
+        size = next(k for k, v in SIZES.items() if v == (arch.depth, arch.hidden_size, arch.num_heads))
+        return f"sit_{size}_{arch.patch_size}"
+
+    def __init__(self, config: Config, *, arch: SiTArch, data: DataSpec) -> None:
+        super().__init__()
+        spec = self.describe(config, data=data, arch=arch)
+        self.config, self.arch = config, arch
+        self.depth, self.hidden_size, self.num_heads, self.grid = (
+            spec.depth,
+            spec.hidden_size,
+            spec.num_heads,
+            spec.grid,
+        )
+        self.patch_size, self.channels, self.num_classes = arch.patch_size, data.x_shape[0], data.num_classes
+        self.x_embedder = PatchEmbed(self.channels, arch.hidden_size, arch.patch_size)
+        self.t_embedder = TimestepEmbedder(arch.hidden_size)
+        self.y_embedder = (
+            LabelEmbedder(data.num_classes, arch.hidden_size, config.class_dropout_prob) if data.num_classes else None
+        )
+        self.register_buffer("pos_embed", sincos_pos_embed(arch.hidden_size, self.grid)[None])
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(arch.hidden_size, arch.num_heads, config.mlp_ratio, config.qk_norm) for _ in range(arch.depth)
+        )
+        self.final_layer = FinalLayer(arch.hidden_size, arch.patch_size, self.channels)
+        init_dit_weights(self)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, capture: Capture | None = None) -> StudentOutput:
+        capture = capture or Capture()
+        x_BND = self.x_embedder(x_t) + self.pos_embed
+        c_BD = self.t_embedder(t)
+        if self.y_embedder is not None:
+            c_BD = c_BD + self.y_embedder(cond)
+        out = StudentOutput(pred=x_t)
+        for index, block in enumerate(self.blocks):
+            x_BND, logits = block(x_BND, c_BD, capture_attn=index in capture.attn)
+            if logits is not None:
+                out.attn_logits[index] = logits
+            if index in capture.hidden:
+                out.hidden[index] = x_BND
+        out.pred = unpatchify(self.final_layer(x_BND, c_BD), self.patch_size, self.channels)
+        return out
+
+    def null_cond(self, cond: Tensor) -> Tensor:
+        """The null class (index ``num_classes``) for every sample."""
+        return torch.full_like(cond, self.num_classes)
+
+
+@hookimpl
+def haste_register_students(registry: Registry) -> None:
+    for size, (depth, width, heads) in SIZES.items():
+        for patch in PATCH_SIZES[size]:
+            arch = SiTArch(depth=depth, hidden_size=width, num_heads=heads, patch_size=patch)
+            registry.add(f"sit_{size}_{patch}", SiT, arch=arch)

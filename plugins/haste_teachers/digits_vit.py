@@ -1,0 +1,306 @@
+"""The embedded default teacher: a small vision transformer that haste trains itself as a digit classifier.
+
+The first time it is needed it trains on the ``digits`` training split (seeded, with progress output, well
+under a minute on 2 CPU cores; under torchrun one process per machine trains while the others wait) and is
+cached under ``$HASTE_CACHE/digits_vit/``. It has the ``Teacher`` interface that DINOv2 has: patch tokens of any
+block, final normalised patch tokens (block -1), and pre-softmax attention logits of any block, with the class
+token removed, running only as many blocks as needed.
+Shapes: B batch, N patch tokens, D width, H heads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from haste_core import hookimpl
+from haste_core.cache import cache_dir
+from haste_core.errors import HasteError, RecipeError
+from haste_core.interfaces import DataSpec, StudentSpec, Teacher, TeacherOutput, TeacherSpec
+from haste_core.registry import Registry
+
+log = logging.getLogger("haste")
+
+# Architecture: 8×8 digits in 2×2 patches → a 4×4 grid of patch tokens plus a class token.
+IMAGE_SIDE = 8
+PATCH_SIZE = 2
+EMBED_DIM = 64
+DEPTH = 4
+NUM_HEADS = 4
+MLP_RATIO = 2
+NUM_CLASSES = 10
+LN_EPS = 1e-6
+# Training recipe: 96.4-97.2% held-out accuracy over seeds 0-4, in 22-28 s on 2 CPU cores.
+TRAIN_EPOCHS = 40
+TRAIN_BATCH = 32
+TRAIN_LR = 2e-3
+TRAIN_WEIGHT_DECAY = 0.05
+LABEL_SMOOTHING = 0.1
+MAX_SHIFT_PX = 1  # random translation augmentation
+TRAIN_SEED = 0
+CACHE_FORMAT = "digits_vit/1"  # bump when the architecture or the training recipe changes
+
+
+class ViTAttention(nn.Module):
+    """Self-attention over class + patch tokens: fused, or explicit when its logits are captured."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_dim = EMBED_DIM // NUM_HEADS
+        self.qkv = nn.Linear(EMBED_DIM, 3 * EMBED_DIM)
+        self.proj = nn.Linear(EMBED_DIM, EMBED_DIM)
+
+    def forward(self, x_BND: Tensor, capture: bool) -> tuple[Tensor, Tensor | None]:
+        B, N, D = x_BND.shape
+        q, k, v = self.qkv(x_BND).reshape(B, N, 3, NUM_HEADS, self.head_dim).permute(2, 0, 3, 1, 4)
+        if not capture:
+            out = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(B, N, D)), None
+        logits_BHNN = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        out = logits_BHNN.softmax(-1).to(v.dtype) @ v
+        return self.proj(out.transpose(1, 2).reshape(B, N, D)), logits_BHNN
+
+
+class ViTBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(EMBED_DIM, eps=LN_EPS)
+        self.attn = ViTAttention()
+        self.norm2 = nn.LayerNorm(EMBED_DIM, eps=LN_EPS)
+        self.mlp = nn.Sequential(
+            nn.Linear(EMBED_DIM, MLP_RATIO * EMBED_DIM),
+            nn.GELU(),
+            nn.Linear(MLP_RATIO * EMBED_DIM, EMBED_DIM),
+        )
+
+    def forward(self, x_BND: Tensor, capture: bool = False) -> tuple[Tensor, Tensor | None]:
+        attn_out, logits = self.attn(self.norm1(x_BND), capture)
+        x_BND = x_BND + attn_out
+        return x_BND + self.mlp(self.norm2(x_BND)), logits
+
+
+class DigitsViTNet(nn.Module):
+    """The classifier network: patch embedding, class token, learned positions, blocks, norm, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        grid = IMAGE_SIDE // PATCH_SIZE
+        self.patch_embed = nn.Conv2d(1, EMBED_DIM, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, EMBED_DIM))
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, EMBED_DIM) * 0.02)
+        self.blocks = nn.ModuleList(ViTBlock() for _ in range(DEPTH))
+        self.norm = nn.LayerNorm(EMBED_DIM, eps=LN_EPS)
+        self.head = nn.Linear(EMBED_DIM, NUM_CLASSES)
+
+    def embed(self, pixels_BCHW: Tensor) -> Tensor:
+        x_BND = self.patch_embed(pixels_BCHW).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(x_BND.shape[0], -1, -1), x_BND], dim=1) + self.pos_embed
+
+    def classify(self, pixels_BCHW: Tensor) -> Tensor:
+        x_BND = self.embed(pixels_BCHW)
+        for block in self.blocks:
+            x_BND, _ = block(x_BND)
+        return self.head(self.norm(x_BND)[:, 0])
+
+
+def normalise(images_uint8: Tensor) -> Tensor:
+    """uint8 digits → floats in [-1, 1], the scaling the network was trained with."""
+    return images_uint8.float() / 127.5 - 1
+
+
+class DigitsViT(Teacher):
+    """A 4-block, 4-head, 64-wide ViT on 2×2 patches (16 patch tokens), trained by haste on the digits."""
+
+    @dataclass(kw_only=True, frozen=True)
+    class Config:
+        weights: str = "cache"  # cache: trained once and reused; none: random (tests); or a .pt file
+
+    @classmethod
+    def example_data(cls) -> DataSpec:
+        return DataSpec(
+            x_shape=(1, IMAGE_SIDE, IMAGE_SIDE),
+            image_shape=(1, IMAGE_SIDE, IMAGE_SIDE),
+            num_classes=10,
+            num_items=64,
+        )
+
+    @classmethod
+    def example_config(cls, **specs: Any) -> Config:
+        return cls.Config(weights="none")
+
+    @classmethod
+    def describe(cls, config: Config, *, data: DataSpec, student: StudentSpec) -> TeacherSpec:
+        if data.image_shape[0] != 1:
+            raise RecipeError(f"digits_vit reads 1-channel digit images; the data gives {data.image_shape[0]} channels")
+        if config.weights not in {"cache", "none"} and not Path(config.weights).is_file():
+            raise RecipeError(
+                f"weights file {config.weights!r} does not exist; give 'cache' (train once and reuse), "
+                "'none' (random, for tests) or the path of a digits_vit .pt file",
+                "weights",
+            )
+        return TeacherSpec(name="digits_vit", depth=DEPTH, embed_dim=EMBED_DIM, num_heads=NUM_HEADS, grid=student.grid)
+
+    def __init__(self, config: Config, *, data: DataSpec, student: StudentSpec, resolve_weights: Any = None) -> None:
+        super().__init__()
+        spec = self.describe(config, data=data, student=student)
+        self.config = config
+        self.depth, self.embed_dim, self.num_heads, self.grid = (
+            spec.depth,
+            spec.embed_dim,
+            spec.num_heads,
+            spec.grid,
+        )
+        self.net = DigitsViTNet()
+        self.heldout_accuracy = self._load_weights(config, resolve_weights)
+        self.input_side = self.grid * PATCH_SIZE
+        if self.grid != IMAGE_SIDE // PATCH_SIZE:  # match the student's grid: resample positions once, here
+            self.net.pos_embed = nn.Parameter(_resample_positions(self.net.pos_embed.data, self.grid))
+        self.eval().requires_grad_(False)
+
+    def _load_weights(self, config: Config, resolve_weights: Any) -> float | None:
+        if config.weights == "none":
+            log.warning("teacher digits_vit: weights 'none', using a random network (only for tests)")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(TRAIN_SEED)
+                self.net = DigitsViTNet()
+            return None
+        path = Path(config.weights) if config.weights != "cache" else None
+        if path is None and resolve_weights is not None:
+            path = resolve_weights("teacher", "digits_vit")
+        if path is None:
+            path = cached_weights()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
+        _check_state_dict(self.net, state_dict, path)
+        self.net.load_state_dict(state_dict)
+        return state.get("heldout_accuracy") if isinstance(state, dict) else None
+
+    def encode(self, images: Tensor, blocks: frozenset[int], attn_blocks: frozenset[int]) -> TeacherOutput:
+        """Tokens of ``blocks`` (-1: final norm) and logits of ``attn_blocks``, patch tokens only."""
+        wanted = {self.depth - 1 if b == -1 else b for b in blocks} | set(attn_blocks)
+        bad = sorted(b for b in wanted if not 0 <= b < self.depth) + sorted(b for b in attn_blocks if b < 0)
+        if bad:
+            raise ValueError(f"digits_vit has blocks 0..{self.depth - 1} (and -1 for final tokens); asked for {bad}")
+        pixels = normalise(images)
+        if pixels.shape[-1] != self.input_side:
+            pixels = F.interpolate(
+                pixels, size=(self.input_side, self.input_side), mode="bilinear", align_corners=False
+            )
+        out = TeacherOutput()
+        x_BND = self.net.embed(pixels)
+        for index in range(max(wanted, default=-1) + 1):  # only as deep as needed
+            x_BND, logits = self.net.blocks[index](x_BND, capture=index in attn_blocks)
+            if logits is not None:
+                out.attn_logits[index] = logits[:, :, 1:, 1:]  # patch queries over patch keys
+            if index in blocks:
+                out.tokens[index] = x_BND[:, 1:]
+        if -1 in blocks:
+            out.tokens[-1] = self.net.norm(x_BND)[:, 1:]
+        return out
+
+
+def _resample_positions(pos_1ND: Tensor, grid: int) -> Tensor:
+    cls_pos, patch_pos = pos_1ND[:, :1], pos_1ND[:, 1:]
+    old = math.isqrt(patch_pos.shape[1])
+    table = patch_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([cls_pos, table.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1)
+
+
+def _check_state_dict(net: nn.Module, state_dict: Any, path: Path) -> None:
+    expected = net.state_dict()
+    if not isinstance(state_dict, dict):
+        raise HasteError(f"{path} does not hold a digits_vit state dict")
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            raise HasteError(f"{path} does not fit digits_vit: key '{key}' is missing")
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise HasteError(
+                f"{path} does not fit digits_vit: '{key}' has shape {tuple(state_dict[key].shape)} in the file "
+                f"and {tuple(tensor.shape)} in the model"
+            )
+    extra = sorted(set(state_dict) - set(expected))
+    if extra:
+        raise HasteError(f"{path} does not fit digits_vit: unexpected key '{extra[0]}'")
+
+
+def cached_weights() -> Path:
+    """The cached, trained weights; trained and written (atomically) if missing."""
+    path = cache_dir() / "digits_vit" / f"{CACHE_FORMAT.replace('/', '_v')}_seed{TRAIN_SEED}.pt"
+    if not path.is_file():
+        state_dict, accuracy = train_digits_vit()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"format": CACHE_FORMAT, "state_dict": state_dict, "heldout_accuracy": accuracy}, temporary)
+        temporary.replace(path)
+        log.info(f"teacher digits_vit: cached at {path}")
+    return path
+
+
+def train_digits_vit() -> tuple[dict[str, Tensor], float]:
+    """Train the classifier on the digits training split; return its weights and held-out accuracy."""
+    from haste_data.digits import load_split
+
+    images, labels = load_split("train")
+    heldout_images, heldout_labels = load_split("heldout")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or threads)  # the other ranks wait meanwhile
+    started = time.perf_counter()
+    log.info(f"teacher digits_vit: training on {len(labels)} digits for {TRAIN_EPOCHS} epochs (first use only)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TRAIN_SEED)
+        net = DigitsViTNet()
+        optimizer = torch.optim.AdamW(net.parameters(), lr=TRAIN_LR, weight_decay=TRAIN_WEIGHT_DECAY)
+        steps_per_epoch = math.ceil(len(labels) / TRAIN_BATCH)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=TRAIN_LR, total_steps=TRAIN_EPOCHS * steps_per_epoch, pct_start=0.1
+        )
+        for epoch in range(TRAIN_EPOCHS):
+            net.train()
+            order = torch.randperm(len(labels))
+            for start in range(0, len(labels), TRAIN_BATCH):
+                index = order[start : start + TRAIN_BATCH]
+                pixels = _random_shift(normalise(images[index]))
+                loss = F.cross_entropy(net.classify(pixels), labels[index], label_smoothing=LABEL_SMOOTHING)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+            if (epoch + 1) % 10 == 0 or epoch + 1 == TRAIN_EPOCHS:
+                accuracy = heldout_accuracy(net, heldout_images, heldout_labels)
+                log.info(
+                    f"teacher digits_vit: epoch {epoch + 1}/{TRAIN_EPOCHS}, loss {loss.item():.3f}, "
+                    f"held-out accuracy {accuracy:.1%} ({time.perf_counter() - started:.0f} s)"
+                )
+    torch.set_num_threads(threads)
+    return net.state_dict(), accuracy
+
+
+def _random_shift(pixels_BCHW: Tensor) -> Tensor:
+    """Translate each image by up to MAX_SHIFT_PX pixels (background -1 fills the border)."""
+    B, _, side, _ = pixels_BCHW.shape
+    padded = F.pad(pixels_BCHW, (MAX_SHIFT_PX,) * 4, value=-1.0)
+    dy, dx = torch.randint(0, 2 * MAX_SHIFT_PX + 1, (2, B, 1, 1))
+    rows = torch.arange(side).view(1, side, 1) + dy
+    cols = torch.arange(side).view(1, 1, side) + dx
+    return padded[torch.arange(B).view(B, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def heldout_accuracy(net: DigitsViTNet, images: Tensor, labels: Tensor) -> float:
+    net.eval()
+    return (net.classify(normalise(images)).argmax(-1) == labels).float().mean().item()
+
+
+@hookimpl
+def haste_register_teachers(registry: Registry) -> None:
+    registry.add("digits_vit", DigitsViT)

@@ -1,0 +1,66 @@
+"""TensorBoard monitor: writes a run's metrics, termination events and sample grids (rank 0 only).
+
+Event files go to ``<run_dir>/tensorboard/``. Scalars are the tags of the ``metrics`` that ``haste_step_end``
+receives (``loss/total``, ``loss/denoise``, ``align/<label>``, ``align/active``, ``optim/lr``,
+``optim/grad_norm``, ``perf/step_s``, ``perf/samples_per_s``, ``perf/peak_mem_mb``, ``termination/fired``),
+already averaged over steps and ranks; the resolved recipe and termination events are text; sample grids are
+images under ``samples/ema``. Block it with ``HASTE_BLOCK_PLUGINS=monitor.tensorboard``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from haste_core import hookimpl
+from haste_core.interfaces import RunContext
+
+_writers: dict[Path, Any] = {}  # run folder -> SummaryWriter, for the runs of this process
+
+
+@hookimpl
+def haste_train_start(run: RunContext) -> None:
+    if not run.is_main:
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"))
+    writer.add_text("recipe", "```yaml\n" + run.recipe.to_yaml() + "```", global_step=run.step)
+    _writers[run.run_dir] = writer
+
+
+@hookimpl
+def haste_step_end(run: RunContext, step: int, metrics: dict[str, float]) -> None:
+    writer = _writers.get(run.run_dir)
+    if writer is None or not metrics:
+        return
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, global_step=step)
+
+
+@hookimpl
+def haste_alignment_terminated(run: RunContext, step: int, alignment: str, reason: str) -> None:
+    writer = _writers.get(run.run_dir)
+    if writer is not None:
+        writer.add_text("termination", f"step {step}: alignment `{alignment}` stopped ({reason})", global_step=step)
+
+
+@hookimpl
+def haste_samples_saved(run: RunContext, step: int, grid: Any, path: Path) -> None:
+    writer = _writers.get(run.run_dir)
+    if writer is not None:
+        writer.add_image("samples/ema", grid, global_step=step, dataformats="CHW")
+
+
+@hookimpl
+def haste_checkpoint_saved(run: RunContext, step: int, path: Path) -> None:
+    writer = _writers.get(run.run_dir)
+    if writer is not None:
+        writer.flush()
+
+
+@hookimpl
+def haste_train_end(run: RunContext) -> None:
+    writer = _writers.pop(run.run_dir, None)
+    if writer is not None:
+        writer.close()

@@ -1,0 +1,1 @@
+"""Built-in termination policies: ``never`` (REPA) and ``fixed_step`` (HASTE)."""
