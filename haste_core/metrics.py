@@ -74,3 +74,22 @@ def _peak_memory_mb(device: torch.device) -> float:
 def non_finite(metrics: dict[str, float]) -> list[str]:
     """Names of the metrics that are NaN or infinite."""
     return [key for key, value in metrics.items() if not math.isfinite(value)]
+
+
+def format_metrics(step: int, max_steps: int, metrics: dict[str, float]) -> str:
+    """The progress line printed on logging steps."""
+    parts = [
+        f"step {step}/{max_steps}",
+        f"loss {metrics['loss/total']:.4f}",
+        f"denoise {metrics['loss/denoise']:.4f}",
+    ]
+    parts += [
+        f"{key.split('/', 1)[1]} {value:.4f}"
+        for key, value in metrics.items()
+        if key.startswith("align/") and key.count("/") == 1 and key != "align/active"
+    ]
+    parts.append(f"grad {metrics['optim/grad_norm']:.3f}")
+    parts.append(f"{metrics['perf/step_s'] * 1000:.1f} ms/step")
+    parts.append(f"{metrics['perf/samples_per_s']:.0f} samples/s")
+    parts.append("aligned" if metrics.get("align/active", 0.0) > 0.5 else "denoise only")
+    return " | ".join(parts)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -24,90 +24,7 @@ from haste_core.errors import RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, TeacherSpec
 from haste_core.plugins import Plugins, load_plugins
 from haste_core.registry import Entry
-
-# --- core sections --------------------------------------------------------------------------------------------
-
-
-@dataclass(kw_only=True, frozen=True)
-class RunConfig:
-    name: str  # the run folder is <output_dir>/<name>
-    output_dir: str = "runs"
-    seed: int = 0
-    max_steps: int
-    log_every: int = 50  # steps between logged (averaged) metrics
-    checkpoint_every: int = 1000  # steps between checkpoints; 0: only at the end
-    keep_checkpoints: int = 3  # step_*.pt files kept besides latest.pt; 0 keeps all
-    sample_every: int = 0  # steps between sample grids; 0: only at the end
-    resume: str = "auto"  # auto: continue from latest.pt if present; never; or a checkpoint path
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name in {".", ".."}:
-            raise RecipeError(f"{self.name!r} is not a folder name; use letters, digits, '-' and '_'", "name")
-        for key in ("max_steps", "log_every"):
-            if getattr(self, key) < 1:
-                raise RecipeError(f"must be at least 1, got {getattr(self, key)}", key)
-        for key in ("checkpoint_every", "keep_checkpoints", "sample_every"):
-            if getattr(self, key) < 0:
-                raise RecipeError(f"must be 0 or more, got {getattr(self, key)}", key)
-        if self.resume not in {"auto", "never"} and not Path(self.resume).is_file():
-            raise RecipeError(
-                f"checkpoint {self.resume!r} does not exist; give 'auto', 'never' or the path of a .pt file",
-                "resume",
-            )
-        if self.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RecipeError("'cuda' was asked for but no CUDA device is visible; use 'auto' or 'cpu'", "device")
-
-
-@dataclass(kw_only=True, frozen=True)
-class OptimizerConfig:
-    name: Literal["adamw"] = "adamw"
-    lr: float = 1.0e-4  # constant after warm-up, as in REPA/HASTE
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1.0e-8
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global L2 norm; 0 disables clipping
-    warmup_steps: int = 0  # linear warm-up from 0 to lr
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise RecipeError(f"must be positive, got {self.lr}", "lr")
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise RecipeError(f"each beta must be in [0, 1), got {list(self.betas)}", "betas")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise RecipeError("grad_clip, weight_decay and warmup_steps must be 0 or more")
-
-
-@dataclass(kw_only=True, frozen=True)
-class EMAConfig:
-    decay: float = 0.9999  # REPA/HASTE value for ImageNet; short runs need less (0.999)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.decay < 1.0:
-            raise RecipeError(f"must be in [0, 1), got {self.decay}", "decay")
-
-
-@dataclass(kw_only=True, frozen=True)
-class PrecisionConfig:
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; losses stay fp32; fp16 adds a GradScaler
-    tf32: bool = True  # TF32 matmuls on CUDA (no effect on CPU)
-
-
-@dataclass(kw_only=True, frozen=True)
-class SamplingConfig:
-    sampler: Literal["euler"] = "euler"  # Euler ODE on the probability-flow velocity
-    steps: int = 50
-    cfg_scale: float = 1.0  # classifier-free guidance; 1 disables it
-    num_images: int = 64  # images per grid; class i % num_classes for image i
-    seed: int = 0  # the same noise at every grid, so grids are comparable over training
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.num_images < 1:
-            raise RecipeError("steps and num_images must be at least 1")
-
+from haste_core.sections import EMAConfig, OptimizerConfig, PrecisionConfig, RunConfig, SamplingConfig
 
 # --- component nodes ------------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from haste_core import checkpoint
-from haste_core.errors import RunFolderError
+from haste_core.errors import CheckpointError, RunFolderError
 from haste_core.recipe import Recipe
 
 RECIPE_FILE = "recipe.yaml"
@@ -78,3 +78,13 @@ def write_recipe(recipe: Recipe) -> None:
     temporary = run_dir / f".{RECIPE_FILE}.tmp"
     temporary.write_text(header + recipe.to_yaml())
     temporary.replace(run_dir / RECIPE_FILE)
+
+
+def check_checkpoint_recipe(state: dict[str, Any], recipe: Recipe, source: Any) -> None:
+    """Refuse to resume a checkpoint that a different recipe wrote (settings changeable on resume aside)."""
+    differences = recipe_differences(state.get("recipe", {}), recipe.to_dict())
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {source} was written by a different recipe ({'; '.join(differences[:3])}); "
+            "resume it with the recipe it was trained with"
+        )

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from haste_core.interfaces import Objective, Student
+from haste_core.interfaces import Dataset, Objective, Student
+from haste_core.sections import SamplingConfig
 
 
 def guided_velocity(
@@ -41,6 +42,21 @@ def euler_sample(
         t = times[i].expand(x.shape[0])
         x = x + (times[i + 1] - times[i]) * guided_velocity(student, objective, x, t, cond, cfg_scale)
     return x
+
+
+@torch.no_grad()
+def sample_grid(
+    student: Student, objective: Objective, dataset: Dataset, config: SamplingConfig, device: torch.device
+) -> Tensor:
+    """A uint8 C×H×W grid of ``config.num_images`` samples (image i of class i mod num_classes), drawn from the
+    same noise every time (``config.seed``), one column per class when classes are few."""
+    spec = dataset.spec
+    noise = torch.randn((config.num_images, *spec.x_shape), generator=torch.Generator().manual_seed(config.seed))
+    classes = torch.arange(config.num_images) % max(spec.num_classes, 1)
+    x = euler_sample(
+        student, objective, noise.to(device), classes.to(device), steps=config.steps, cfg_scale=config.cfg_scale
+    )
+    return make_grid(dataset.to_images(x.float()).cpu(), grid_columns(config.num_images, spec.num_classes))
 
 
 def make_grid(images: Tensor, columns: int, *, pad: int = 1, min_side: int = 32) -> Tensor:

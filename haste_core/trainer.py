@@ -24,13 +24,13 @@ from haste_core import checkpoint, distributed, run_folder
 from haste_core.data import DataStream
 from haste_core.distributed import DistEnv
 from haste_core.ema import EMA
-from haste_core.errors import CheckpointError, HasteError
+from haste_core.errors import HasteError
 from haste_core.interfaces import Alignment, Capture, Objective, RunContext, Student, Teacher, TeacherOutput
-from haste_core.metrics import BYTES_PER_MB, MetricWindow, non_finite
+from haste_core.metrics import BYTES_PER_MB, MetricWindow, format_metrics, non_finite
 from haste_core.phase import PhasePlan, Stop
 from haste_core.plugins import Plugins
 from haste_core.recipe import Recipe
-from haste_core.sampling import euler_sample, grid_columns, make_grid, save_png
+from haste_core.sampling import sample_grid, save_png
 
 log = logging.getLogger("haste")
 
@@ -81,7 +81,7 @@ class Trainer:
         state = checkpoint.load(resume_from) if resume_from is not None else None
         self.plan = PhasePlan(recipe)
         if state is not None:
-            self._check_resumable(state, resume_from)
+            run_folder.check_checkpoint_recipe(state, recipe, resume_from)
             self.plan.load_state_dict(state["phase"])
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = recipe.precision.tf32
@@ -306,7 +306,7 @@ class Trainer:
                 "optimizer.grad_clip on, or use precision.dtype=bf16 or fp32 instead of fp16."
             )
         if self.env.is_main:
-            log.info(_format_metrics(self.step, self.recipe.run.max_steps, metrics))
+            log.info(format_metrics(self.step, self.recipe.run.max_steps, metrics))
         return metrics
 
     def _log_start(self) -> None:
@@ -367,34 +367,13 @@ class Trainer:
         """A grid from the EMA student (eval mode), with the same noise every time; rank 0 only."""
         if not self.env.is_main:
             return
-        cfg = self.recipe.sampling
-        spec = self.recipe.data_spec
-        generator = torch.Generator().manual_seed(cfg.seed)
-        noise = torch.randn((cfg.num_images, *spec.x_shape), generator=generator).to(self.env.device)
-        classes = torch.arange(cfg.num_images) % max(spec.num_classes, 1)
         with self._autocast():
-            x = euler_sample(
-                self.ema.model,
-                self.objective,
-                noise,
-                classes.to(self.env.device),
-                steps=cfg.steps,
-                cfg_scale=cfg.cfg_scale,
-            )
-        grid = make_grid(self.dataset.to_images(x.float()).cpu(), grid_columns(cfg.num_images, spec.num_classes))
+            grid = sample_grid(self.ema.model, self.objective, self.dataset, self.recipe.sampling, self.env.device)
         path = self.recipe.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_png(grid, path)
         self.plugins.samples_saved(self.run, self.step, grid, path)
 
     # --- resume -----------------------------------------------------------------------------------------------
-
-    def _check_resumable(self, state: dict[str, Any], source: Any) -> None:
-        differences = run_folder.recipe_differences(state.get("recipe", {}), self.recipe.to_dict())
-        if differences:
-            raise CheckpointError(
-                f"checkpoint {source} was written by a different recipe ({'; '.join(differences[:3])}); "
-                "resume it with the recipe it was trained with"
-            )
 
     def _load(self, state: dict[str, Any], source: Any) -> None:
         self.student.load_state_dict(state["student"])
@@ -415,21 +394,3 @@ class Trainer:
             )
             torch.manual_seed(self.recipe.run.seed + _TRAIN_SEED_OFFSET * (self.env.rank + 1) + self.step)
         log.info(f"resumed from {source} at step {self.step}")
-
-
-def _format_metrics(step: int, max_steps: int, metrics: dict[str, float]) -> str:
-    parts = [
-        f"step {step}/{max_steps}",
-        f"loss {metrics['loss/total']:.4f}",
-        f"denoise {metrics['loss/denoise']:.4f}",
-    ]
-    parts += [
-        f"{key.split('/', 1)[1]} {value:.4f}"
-        for key, value in metrics.items()
-        if key.startswith("align/") and key.count("/") == 1 and key != "align/active"
-    ]
-    parts.append(f"grad {metrics['optim/grad_norm']:.3f}")
-    parts.append(f"{metrics['perf/step_s'] * 1000:.1f} ms/step")
-    parts.append(f"{metrics['perf/samples_per_s']:.0f} samples/s")
-    parts.append("aligned" if metrics.get("align/active", 0.0) > 0.5 else "denoise only")
-    return " | ".join(parts)
