@@ -18,15 +18,18 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self._ema_params = list(self.model.parameters())
-        self._ema_buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        self._pairs = (list(self.model.parameters()), list(model.parameters()))
+        self._buffers = (
+            [b for b in self.model.buffers() if b.is_floating_point()],
+            [b for b in model.buffers() if b.is_floating_point()],
+        )
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        torch._foreach_lerp_(self._ema_params, list(model.parameters()), 1.0 - self.decay)
-        buffers = [b for b in model.buffers() if b.is_floating_point()]
-        if buffers:
-            torch._foreach_copy_(self._ema_buffers, buffers)
+    def update(self) -> None:
+        """One step towards the weights of the model given at construction."""
+        torch._foreach_lerp_(*self._pairs, 1.0 - self.decay)
+        if self._buffers[0]:
+            torch._foreach_copy_(*self._buffers)
 
     def state_dict(self) -> dict[str, Any]:
         return self.model.state_dict()

@@ -110,11 +110,9 @@ class Trainer:
             self.teachers[key] = teacher.to(device).eval().requires_grad_(False)
         opt = recipe.optimizer
         groups = [{"params": list(self.student.parameters()), "name": "student"}]
-        groups += [
-            {"params": list(a.parameters()), "name": f"align:{label}"}
-            for label, a in self.alignments.items()
-            if any(True for _ in a.parameters())
-        ]
+        for label, alignment in self.alignments.items():
+            if heads := list(alignment.parameters()):
+                groups.append({"params": heads, "name": f"align:{label}"})
         self.optimizer = torch.optim.AdamW(
             groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
         )
@@ -183,7 +181,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.student)
+        self.ema.update()
         self.step += 1
         self.run.step = self.step
 
@@ -251,6 +249,8 @@ class Trainer:
         return sorted({self.nodes[label].teacher for label in self.plan.active})
 
     def _wrap(self) -> nn.Module:
+        """The training module for the alignments active now (and what each teacher must produce for them)."""
+        self.requests = self._teacher_requests()
         active = {label: self.alignments[label] for label in self.plan.active}
         module = TrainStep(
             self.student,
@@ -261,17 +261,20 @@ class Trainer:
         )
         return distributed.wrap_ddp(module, self.env)
 
+    def _teacher_requests(self) -> dict[str, Capture]:
+        """Per teacher, the union of what its active alignments need: each teacher encodes a batch once."""
+        requests = {key: Capture() for key in self.teachers}
+        for label in self.plan.active:
+            key = self.nodes[label].teacher
+            requests[key] = requests[key] | self.alignments[label].teacher_request()
+        return requests
+
     def _encode_teachers(self, images: Tensor) -> dict[str, TeacherOutput]:
-        """Each teacher encodes the batch once, for all the alignments that use it."""
-        outputs = {}
         with torch.no_grad():
-            for key, teacher in self.teachers.items():
-                request = Capture()
-                for label in self.plan.active:
-                    if self.nodes[label].teacher == key:
-                        request = request | self.alignments[label].teacher_request()
-                outputs[key] = teacher.encode(images, request.hidden, request.attn)
-        return outputs
+            return {
+                key: teacher.encode(images, self.requests[key].hidden, self.requests[key].attn)
+                for key, teacher in self.teachers.items()
+            }
 
     def _trained_parameters(self) -> list[nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -300,10 +303,11 @@ class Trainer:
             metrics["termination/fired"] = float(self.step)
         bad = non_finite(metrics)
         if bad:
+            latest = checkpoint.latest_path(self.recipe.run_dir)
+            saved = f"the last checkpoint is {latest}" if latest.is_file() else "no checkpoint was written yet"
             raise HasteError(
-                f"training diverged: {', '.join(bad)} became NaN or infinite by step {self.step}. The last "
-                f"checkpoint is {checkpoint.latest_path(self.recipe.run_dir)}. Lower optimizer.lr, keep "
-                "optimizer.grad_clip on, or use precision.dtype=bf16 or fp32 instead of fp16."
+                f"training diverged: {', '.join(bad)} became NaN or infinite by step {self.step}; {saved}. "
+                "Lower optimizer.lr, keep optimizer.grad_clip on, or use precision.dtype=bf16 or fp32 instead of fp16."
             )
         if self.env.is_main:
             log.info(format_metrics(self.step, self.recipe.run.max_steps, metrics))

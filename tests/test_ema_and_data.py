@@ -15,7 +15,7 @@ def test_ema_update_is_a_lerp_towards_the_model():
     before = ema.model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update(model)
+    ema.update()
     assert torch.allclose(ema.model.weight, 0.9 * before + 0.1 * model.weight)
     assert not ema.model.training and not any(p.requires_grad for p in ema.model.parameters())
 

@@ -51,6 +51,7 @@ def test_readme_make_targets_exist(target):
 def test_readme_demo_command_is_the_makefile_command():
     command = "torchrun --standalone --nproc_per_node=2 -m haste_core.run recipes/quickstart.yaml"
     assert command in README
-    assert "torchrun --standalone --nproc_per_node=$(NPROC) -m haste_core.run recipes/quickstart.yaml" in (
-        REPO / "Makefile"
-    ).read_text()
+    assert (
+        "torchrun --standalone --nproc_per_node=$(NPROC) -m haste_core.run recipes/quickstart.yaml"
+        in (REPO / "Makefile").read_text()
+    )
