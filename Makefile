@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 # Known good here; override for another platform or CUDA, e.g. `make test TORCH="torch==2.9.1"`.
 TORCH ?= torch==2.14.1
 NPROC ?= 2
+# CPU threads per training process: the cores shared out over the processes.
+THREADS ?= $(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 1) // $(NPROC)))")
 STAMP := $(VENV)/.haste-installed
 
 .PHONY: demo test bench lint install clean
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@echo "training recipes/quickstart.yaml on $(NPROC) processes (run folder: runs/quickstart)"
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m haste_core.run recipes/quickstart.yaml
+	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m haste_core.run recipes/quickstart.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -50,7 +50,10 @@ def setup(device: str = "auto") -> DistEnv:
     else:
         chosen = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:  # binding the device lets NCCL connect eagerly and barriers know their GPU
+            dist.init_process_group(backend="nccl", device_id=chosen)
+        else:
+            dist.init_process_group(backend="gloo")
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
 

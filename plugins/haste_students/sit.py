@@ -38,23 +38,13 @@ class SiTArch:
     patch_size: int
 
 
-# (depth, width, heads) from the SiT/DiT papers (haste_spec.md §1.1); micro and tiny are ours, for CPUs.
-SIZES = {
-    "micro": (4, 64, 4),
-    "tiny": (6, 128, 4),
-    "s": (12, 384, 6),
-    "b": (12, 768, 12),
-    "l": (24, 1024, 16),
-    "xl": (28, 1152, 16),
-}
-PATCH_SIZES = {
-    "micro": (1, 2, 4),
-    "tiny": (1, 2, 4),
-    "s": (2, 4, 8),
-    "b": (2, 4, 8),
-    "l": (2, 4, 8),
-    "xl": (2, 4, 8),
-}
+# (depth, width, heads) and patch sizes of the SiT/DiT papers (haste_spec.md §1.1)
+PUBLISHED_SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
+PUBLISHED_PATCHES = (2, 4, 8)
+# ours, small enough to train on a CPU (the digits demo uses sit_micro_2)
+CPU_SIZES = {"micro": (4, 64, 4), "tiny": (6, 128, 4)}
+CPU_PATCHES = (1, 2, 4)
+SIZES = {**CPU_SIZES, **PUBLISHED_SIZES}
 
 
 class SiT(Student):
@@ -138,6 +128,6 @@ class SiT(Student):
 @hookimpl
 def haste_register_students(registry: Registry) -> None:
     for size, (depth, width, heads) in SIZES.items():
-        for patch in PATCH_SIZES[size]:
+        for patch in CPU_PATCHES if size in CPU_SIZES else PUBLISHED_PATCHES:
             arch = SiTArch(depth=depth, hidden_size=width, num_heads=heads, patch_size=patch)
             registry.add(f"sit_{size}_{patch}", SiT, arch=arch)
