@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Known good here; override for another platform or CUDA, e.g. `make test TORCH="torch==2.9.1"`.
 TORCH ?= torch==2.14.1
+# Where pip finds torch; e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU-only build.
+TORCH_INDEX ?=
 NPROC ?= 2
 # CPU threads per training process: the cores shared out over the processes.
 THREADS ?= $(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 1) // $(NPROC)))")
@@ -18,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "installing $(TORCH) and haste (editable, with test tools) into $(VENV)"
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 

@@ -43,12 +43,17 @@ def save(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = step_path(run_dir, step)
     temporary = folder / f".{target.name}.tmp"
-    with open(temporary, "wb") as handle:
-        torch.save({"format": FORMAT, **state}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save({"format": FORMAT, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a partial file must not keep the disk full
+        raise
     _point_latest(folder, target)
+    _fsync_folder(folder)
     if keep > 0:
         for old in step_files(run_dir)[:-keep]:
             old.unlink()
@@ -65,13 +70,23 @@ def _point_latest(folder: Path, target: Path) -> None:
     os.replace(temporary, folder / LATEST)
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames durable: a crash right after a save must not lose the new names."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU; a clear ``CheckpointError`` if it is missing, truncated or foreign."""
+    """Map a checkpoint into CPU memory (tensors are read when used); a clear ``CheckpointError`` if it is
+    missing, truncated or foreign."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         others = [p.name for p in sorted(path.parent.glob("step_*.pt")) if p != path]
         hint = f"; other checkpoints in {path.parent}: {', '.join(others)}" if others else ""

@@ -55,18 +55,25 @@ class DataStream:
         device: torch.device,
     ) -> None:
         self.sampler = EpochBatches(len(dataset), global_batch, rank, world_size, seed)
-        self.loader = DataLoader(
-            dataset,
-            batch_sampler=self.sampler,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-            # The loader draws worker seeds from this generator, not from the global RNG, so that creating
-            # an iterator (at every epoch, and at a resume) leaves the training RNG stream untouched.
-            generator=torch.Generator().manual_seed(seed),
-        )
-        self.device = device
+        if self.sampler.batches_per_epoch == 0:
+            raise ValueError(f"{len(dataset)} items cannot fill one global batch of {global_batch}")
+        self.dataset, self.num_workers, self.device = dataset, num_workers, device
+        self.seed = seed + rank
+        self.loader = self._make_loader()
         self.epoch, self.batch = 0, 0
         self._iterator: Iterator[Any] | None = None
+
+    def _make_loader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+            # The loader draws worker seeds from this generator, not from the global RNG, so that creating
+            # an iterator (at every epoch, and at a resume) leaves the training RNG stream untouched.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def position(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch}
@@ -76,8 +83,11 @@ class DataStream:
         self.restart()
 
     def restart(self) -> None:
-        """Drop prefetched batches; the next batch is fetched fresh from the current position."""
+        """Drop prefetched batches and worker processes: the next batch is fetched from the current position by
+        workers that see the data set as it is now (after ``set_images_needed``, say)."""
         self._iterator = None
+        if self.num_workers:
+            self.loader = self._make_loader()
 
     def __iter__(self) -> DataStream:
         return self

@@ -27,16 +27,21 @@ class MetricWindow:
         self._reset()
 
     def _reset(self) -> None:
-        self.sums: dict[str, Tensor] = {}
+        self.keys: tuple[str, ...] = ()
+        self.sums: Tensor | None = None
         self.steps = 0
         self.excluded_s = 0.0
         self.started = time.perf_counter()
 
     def add(self, values: dict[str, Tensor]) -> None:
-        """Add one step's scalar tensors (detached) to the running sums."""
-        for key, value in values.items():
-            value = value.detach().float()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        """Add one step's scalar tensors to the running sums (one stacked add on the device)."""
+        stacked = torch.stack([value.detach().float() for value in values.values()])
+        if self.sums is None:
+            self.keys, self.sums = tuple(values), stacked
+        elif tuple(values) != self.keys:
+            raise ValueError(f"metric names changed within a logging window: {self.keys} -> {tuple(values)}")
+        else:
+            self.sums += stacked
         self.steps += 1
 
     def exclude(self, seconds: float) -> None:
@@ -48,16 +53,14 @@ class MetricWindow:
         if self.steps == 0:
             return {}
         elapsed = max(time.perf_counter() - self.started - self.excluded_s, 1e-9)
-        keys = sorted(self.sums)  # the same order on every rank
-        local = [self.sums[k] / self.steps for k in keys]
-        local.append(torch.tensor(elapsed / self.steps, device=self.device))
-        local.append(torch.tensor(_peak_memory_mb(self.device), device=self.device))
-        averaged = distributed.all_reduce_mean(torch.stack(local)).tolist()
-        out = dict(zip(keys, averaged[: len(keys)], strict=True))
-        step_s = averaged[len(keys)]
+        perf = torch.tensor([elapsed / self.steps, _peak_memory_mb(self.device)], device=self.device)
+        local = torch.cat([self.sums / self.steps, perf])  # the same keys in the same order on every rank
+        averaged = distributed.all_reduce_mean(local).tolist()
+        out = dict(zip(self.keys, averaged[: len(self.keys)], strict=True))
+        step_s = averaged[len(self.keys)]
         out["perf/step_s"] = step_s
         out["perf/samples_per_s"] = self.global_batch / step_s
-        out["perf/peak_mem_mb"] = averaged[len(keys) + 1]
+        out["perf/peak_mem_mb"] = averaged[len(self.keys) + 1]
         self._reset()
         return out
 
@@ -88,7 +91,10 @@ def format_metrics(step: int, max_steps: int, metrics: dict[str, float]) -> str:
         for key, value in metrics.items()
         if key.startswith("align/") and key.count("/") == 1 and key != "align/active"
     ]
-    parts.append(f"grad {metrics['optim/grad_norm']:.3f}")
+    if "optim/grad_norm" in metrics:
+        parts.append(f"grad {metrics['optim/grad_norm']:.3f}")
+    if metrics.get("optim/skipped_steps"):
+        parts.append(f"{metrics['optim/skipped_steps']:.0%} of steps skipped (fp16 overflow)")
     parts.append(f"{metrics['perf/step_s'] * 1000:.1f} ms/step")
     parts.append(f"{metrics['perf/samples_per_s']:.0f} samples/s")
     parts.append("aligned" if metrics.get("align/active", 0.0) > 0.5 else "denoise only")

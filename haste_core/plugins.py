@@ -56,6 +56,11 @@ class Plugins:
         for family, registry in self.registries.items():
             caller = getattr(pm.hook, f"haste_register_{family}")
             for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
+                if impl.hookwrapper or impl.wrapper:
+                    raise PluginError(
+                        f"plugin '{impl.plugin_name}': haste_register_{family} cannot be a hook wrapper; "
+                        "registration hooks are plain functions that call registry.add(...)"
+                    )
                 _trace(f"haste_register_{family}() -> plugin {impl.plugin_name}")
                 with registry.registering(impl.plugin_name):
                     impl.function(registry=registry)
@@ -116,7 +121,7 @@ def load_plugins(local: Sequence[str] = (), *, base_dir: Path | None = None) -> 
     sources: dict[str, str] = {}
     for spec in local:
         name, module = _import_local(spec, base_dir)
-        pm.register(module, name=name)
+        _register(pm, module, name)
         sources[name] = f"local module {module.__file__}"
     for name in _env_list("HASTE_BLOCK_PLUGINS"):
         pm.set_blocked(name)
@@ -133,6 +138,17 @@ def load_plugins(local: Sequence[str] = (), *, base_dir: Path | None = None) -> 
     if _env_flag("HASTE_TRACE_PLUGINS") and os.environ.get("RANK", "0") == "0":
         pm.add_hookcall_monitoring(_before_hook, _after_hook)
     return Plugins(pm, sources)
+
+
+def _register(pm: pluggy.PluginManager, module: ModuleType, name: str) -> None:
+    try:
+        pm.register(module, name=name)
+    except pluggy.PluginValidationError as exc:
+        detail = " ".join(str(exc).split())  # pluggy's message spans lines; ours is one paragraph
+        raise PluginError(
+            f"plugin '{name}' has a hook implementation haste cannot call: {detail}. Hook arguments must be named as "
+            "in docs/plugin_hooks.md (an implementation may take fewer of them, not others)."
+        ) from None
 
 
 def _import_local(spec: str, base_dir: Path | None) -> tuple[str, ModuleType]:
@@ -171,7 +187,9 @@ def _load_entry_points(pm: pluggy.PluginManager, sources: dict[str, str]) -> Non
                 f"plugin '{ep.name}' ({ep.value}, from {dist}) failed to import: {type(exc).__name__}: {exc}. "
                 f"Fix or uninstall it, or skip it with HASTE_BLOCK_PLUGINS={ep.name}."
             ) from exc
-        pm.register(module, name=ep.name)
+        if pm.is_registered(module):
+            continue  # the recipe's plugins: list named this module already
+        _register(pm, module, ep.name)
         sources[ep.name] = dist
 
 

@@ -208,6 +208,12 @@ def validate(raw: Mapping[str, Any], plugins: Plugins, *, world_size: int = 1, s
     run = build_config(RunConfig, raw["run"], "run")
     data = _data_node(raw["data"], plugins, world_size)
     data_spec = _call(data, lambda: data.entry.cls.describe(data.config, **data.entry.fixed))
+    if data.global_batch_size > data_spec.num_items:
+        raise RecipeError(
+            f"{data.global_batch_size} is larger than the training set ({data_spec.num_items} items of "
+            f"{data.name}); use at most {data_spec.num_items}",
+            "data.global_batch_size",
+        )
     student = _component(raw["student"], plugins.registry("students"), "student")
     student_spec = _call(
         student, lambda: student.entry.cls.describe(student.config, data=data_spec, **student.entry.fixed)

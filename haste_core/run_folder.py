@@ -16,10 +16,11 @@ from haste_core.errors import CheckpointError, RunFolderError
 from haste_core.recipe import Recipe
 
 RECIPE_FILE = "recipe.yaml"
-# Settings that may change when a run is continued: how long it runs and how often it logs and saves.
+# Settings that may change when a run is continued: where its folder is, how long it runs, how often it logs and
+# saves. Everything else must be what the checkpoint was trained with.
 CHANGEABLE_ON_RESUME = {
-    "run.max_steps", "run.resume", "run.log_every", "run.checkpoint_every", "run.keep_checkpoints",
-    "run.sample_every", "run.device", "data.num_workers",
+    "run.name", "run.output_dir", "run.max_steps", "run.resume", "run.log_every", "run.checkpoint_every",
+    "run.keep_checkpoints", "run.sample_every", "run.device", "data.num_workers",
 }  # fmt: skip
 
 
@@ -48,9 +49,10 @@ def resume_source(recipe: Recipe) -> Path | None:
                 "to continue it, or choose another run.name to start a new one."
             )
         return None
-    if recipe.run.resume == "auto":
-        return latest if latest.is_file() else None
-    return Path(recipe.run.resume)
+    source = Path(recipe.run.resume) if recipe.run.resume != "auto" else latest if latest.is_file() else None
+    if source is not None:  # readable, and written by this recipe: found out now, before anything is written
+        check_checkpoint_recipe(checkpoint.load(source), recipe, source)
+    return source
 
 
 def recipe_differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -87,13 +87,26 @@ def check_student(component: Entry | type, *, data: DataSpec = SMALL_DATA, batch
     assert model.null_cond(cond).shape == cond.shape, f"{entry.name}: null_cond changes the shape of cond"
     if on_meta:
         return model
-    assert torch.allclose(plain.pred, captured.pred, atol=1e-5), f"{entry.name}: capturing changes the prediction"
+    _scramble(model)  # zero-initialised gates would hide any difference between the two paths
+    with torch.no_grad():
+        plain = model(x_t, t, cond).pred
+        captured = model(x_t, t, cond, capture=Capture(hidden=every, attn=every)).pred
+    assert plain.abs().max() > 0, f"{entry.name}: the prediction is zero for random weights"
+    assert torch.allclose(plain, captured, atol=1e-5), f"{entry.name}: capturing changes the prediction"
     model.train()
     out = model(x_t, t, cond, capture=Capture(hidden=every))
     (out.pred.square().mean() + sum(h.square().mean() for h in out.hidden.values())).backward()
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert not missing, f"{entry.name}: no gradient reaches {missing[:3]}"
     return model
+
+
+def _scramble(model: torch.nn.Module, std: float = 0.02) -> None:
+    """Random weights everywhere, at the scale of DiT's own initialisation (predictions of order 1)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
 def check_teacher(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from haste_core import checkpoint, distributed, run_folder
+from haste_core import checkpoint, distributed
 from haste_core.data import DataStream
 from haste_core.distributed import DistEnv
 from haste_core.ema import EMA
@@ -81,7 +81,6 @@ class Trainer:
         state = checkpoint.load(resume_from) if resume_from is not None else None
         self.plan = PhasePlan(recipe)
         if state is not None:
-            run_folder.check_checkpoint_recipe(state, recipe, resume_from)
             self.plan.load_state_dict(state["phase"])
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = recipe.precision.tf32
@@ -134,6 +133,7 @@ class Trainer:
         if not self.teachers:
             self.dataset.set_images_needed(False)
         self.module = self._wrap()
+        self.trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.window = MetricWindow(device, recipe.data.global_batch_size)
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.run = RunContext(
@@ -152,6 +152,13 @@ class Trainer:
 
     def fit(self) -> None:
         """Train until ``run.max_steps``; the last step saves a checkpoint and a sample grid."""
+        run = self.recipe.run
+        if self.step >= run.max_steps:
+            log.info(
+                f"run '{run.name}' is already finished (step {self.step} of {run.max_steps}); its files are in "
+                f"{self.recipe.run_dir}. Raise run.max_steps to train on, or choose another run.name."
+            )
+            return
         self.plugins.train_start(self.run)
         self._log_start()
         started, first_step = time.perf_counter(), self.step
@@ -175,8 +182,10 @@ class Trainer:
         del teacher_outputs
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
-        clip = self.recipe.optimizer.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), clip)
+        if self.recipe.optimizer.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trained, self.recipe.optimizer.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.trained if p.grad is not None])
         self._set_lr()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -187,7 +196,10 @@ class Trainer:
 
         values = {key: value.detach() for key, value in parts.items()}
         stops = self.plan.update(self.step, values)
-        values["optim/grad_norm"] = grad_norm
+        finite = torch.isfinite(grad_norm)  # not finite: an fp16 step the gradient scaler skipped
+        values["optim/grad_norm"] = torch.where(finite, grad_norm, 0.0)
+        if self.scaler.is_enabled():
+            values["optim/skipped_steps"] = (~finite).float()
         values["align/active"] = self._one if self.alignments else self._zero
         self.window.add(values)
         self._after_step(stops)
@@ -209,31 +221,34 @@ class Trainer:
     # --- phase change ---------------------------------------------------------------------------------------
 
     def _terminate(self, stops: list[Stop]) -> None:
+        """Drop what the stopped alignments used, rebuild the training module, then tell the plugins."""
+        cuda = self.env.device.type == "cuda"
+        allocated_before = torch.cuda.memory_allocated(self.env.device) if cuda else 0
         for stop in stops:
             log.info(f"step {stop.step}: alignment '{stop.alignment}' terminated ({stop.reason})")
             del self.alignments[stop.alignment]
             self._drop_optimizer_group(f"align:{stop.alignment}")
-            self.plugins.alignment_terminated(self.run, stop.step, stop.alignment, stop.reason)
         for key in sorted(set(self.teachers) - set(self._needed_teachers())):
-            self._release_teacher(key)
+            teacher = self.teachers.pop(key)
+            size = sum(t.numel() * t.element_size() for t in [*teacher.parameters(), *teacher.buffers()])
+            log.info(f"step {self.step}: released teacher '{key}' ({size / BYTES_PER_MB:.1f} MB of weights)")
+            del teacher
         if not self.plan.active:
             log.info(f"step {self.step}: Phase II: denoising loss only, no teacher, no capture")
             self.dataset.set_images_needed(False)
             self.stream.restart()
         self.run.active_alignments = self.plan.active
-        self.module = None  # drop the old DDP wrapper (and its hooks) before building the new one
+        self.module = None  # drop the old DDP wrapper (its hooks and buckets) before building the new one
         gc.collect()
         self.module = self._wrap()
-
-    def _release_teacher(self, key: str) -> None:
-        teacher = self.teachers.pop(key)
-        tensors = [*teacher.parameters(), *teacher.buffers()]
-        size_mb = sum(t.numel() * t.element_size() for t in tensors) / BYTES_PER_MB
-        del teacher, tensors
+        self.trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         gc.collect()
-        if self.env.device.type == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
-        log.info(f"step {self.step}: released teacher '{key}' ({size_mb:.1f} MB of weights)")
+            freed = (allocated_before - torch.cuda.memory_allocated(self.env.device)) / BYTES_PER_MB
+            log.info(f"step {self.step}: {freed:.0f} MB of GPU memory returned")
+        for stop in stops:
+            self.plugins.alignment_terminated(self.run, stop.step, stop.alignment, stop.reason)
 
     def _drop_optimizer_group(self, name: str) -> None:
         for index, group in enumerate(self.optimizer.param_groups):
@@ -276,9 +291,6 @@ class Trainer:
                 for key, teacher in self.teachers.items()
             }
 
-    def _trained_parameters(self) -> list[nn.Parameter]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
-
     def _set_lr(self) -> None:
         opt = self.recipe.optimizer
         lr = opt.lr * min(1.0, (self.step + 1) / opt.warmup_steps) if opt.warmup_steps else opt.lr
@@ -297,11 +309,16 @@ class Trainer:
     def _collect_metrics(self, stops: list[Stop]) -> dict[str, float]:
         metrics = self.window.reduce()
         metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]
+        skipped = metrics.get("optim/skipped_steps", 0.0)
+        if skipped >= 1.0:
+            del metrics["optim/grad_norm"]  # every step of the window was skipped: there is no norm to show
+        elif skipped > 0.0:
+            metrics["optim/grad_norm"] /= 1.0 - skipped  # the mean over the steps that were taken
         for stop in stops:
             metrics[f"termination/fired/{stop.alignment}"] = float(stop.step)
         if stops and not self.plan.active:
             metrics["termination/fired"] = float(self.step)
-        bad = non_finite(metrics)
+        bad = non_finite({key: value for key, value in metrics.items() if key.startswith(("loss/", "align/"))})
         if bad:
             latest = checkpoint.latest_path(self.recipe.run_dir)
             saved = f"the last checkpoint is {latest}" if latest.is_file() else "no checkpoint was written yet"
@@ -315,13 +332,6 @@ class Trainer:
 
     def _log_start(self) -> None:
         if not self.env.is_main:
-            return
-        run = self.recipe.run
-        if self.step >= run.max_steps:
-            log.info(
-                f"run '{run.name}' is already finished (step {self.step} of {run.max_steps}); its files are in "
-                f"{self.recipe.run_dir}. Raise run.max_steps to train on, or choose another run.name."
-            )
             return
         count = sum(p.numel() for p in self.student.parameters())
         phase = f"Phase I ({', '.join(self.plan.active)})" if self.plan.active else "Phase II / no alignment"
@@ -368,14 +378,14 @@ class Trainer:
         self.plugins.checkpoint_saved(self.run, self.step, path)
 
     def sample(self) -> None:
-        """A grid from the EMA student (eval mode), with the same noise every time; rank 0 only."""
-        if not self.env.is_main:
-            return
-        with self._autocast():
-            grid = sample_grid(self.ema.model, self.objective, self.dataset, self.recipe.sampling, self.env.device)
-        path = self.recipe.run_dir / "samples" / f"step_{self.step:08d}.png"
-        save_png(grid, path)
-        self.plugins.samples_saved(self.run, self.step, grid, path)
+        """A grid from the EMA student (eval mode), with the same noise every time, drawn by rank 0."""
+        if self.env.is_main:
+            with self._autocast():
+                grid = sample_grid(self.ema.model, self.objective, self.dataset, self.recipe.sampling, self.env.device)
+            path = self.recipe.run_dir / "samples" / f"step_{self.step:08d}.png"
+            save_png(grid, path)
+            self.plugins.samples_saved(self.run, self.step, grid, path)
+        distributed.barrier()  # the other ranks wait here, so no rank counts sampling as training time
 
     # --- resume -----------------------------------------------------------------------------------------------
 

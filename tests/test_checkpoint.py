@@ -41,6 +41,7 @@ def test_failed_save_leaves_earlier_checkpoints_intact(tmp_path, monkeypatch):
         checkpoint.save({"step": 2}, tmp_path, 2, keep=0)
     monkeypatch.undo()
     assert not checkpoint.step_path(tmp_path, 2).exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.pt", "step_00000001.pt"]
     assert checkpoint.load(checkpoint.latest_path(tmp_path))["step"] == 1
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 from haste_data.digits import Digits, load_split
-from haste_teachers.digits_vit import DigitsViT, heldout_accuracy
+from haste_teachers.digits_vit import DigitsViT, cache_path, heldout_accuracy
 
 from haste_core.cache import cache_dir
 from haste_core.errors import HasteError
@@ -128,6 +128,22 @@ def test_weights_file_and_resolve_hook(trained_teacher, tmp_path):
     )  # fmt: skip
     assert asked == [("teacher", "digits_vit")]
     assert torch.equal(via_hook.encode(images, frozenset({-1}), frozenset()).tokens[-1], expected.tokens[-1])
+
+
+def test_teacher_cache_is_per_split(trained_teacher):
+    assert cache_path().is_file() and cache_path().parent == cache_dir() / "digits_vit"
+    assert cache_path().name == "digits_vit_v1_heldout0.2_split0_seed0.pt"
+    assert cache_path(0.3, 1).name == "digits_vit_v1_heldout0.3_split1_seed0.pt"
+    assert not cache_path(0.3, 1).exists()  # another split would train its own teacher
+
+
+def test_resolve_hook_pointing_nowhere_is_a_clear_error(tmp_path):
+    missing = tmp_path / "mirror" / "digits_vit.pt"
+    with pytest.raises(HasteError, match=re.escape(f"haste_resolve_weights offered {missing} for teacher digits_vit")):
+        DigitsViT(
+            DigitsViT.Config(), data=DigitsViT.example_data(), student=STUDENT_GRID_4,
+            resolve_weights=lambda kind, name: missing,
+        )  # fmt: skip
 
 
 def test_mismatched_weights_file_names_the_key_and_shapes(trained_teacher, tmp_path):

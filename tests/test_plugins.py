@@ -12,7 +12,7 @@ from haste_core.errors import PluginError
 from haste_core.interfaces import FAMILIES
 from haste_core.plugins import load_plugins
 
-from .conftest import run_module
+from .conftest import TINY_RECIPE, run_module
 
 BUILT_IN = {
     "students.sit", "teachers.digits_vit", "alignment.repa", "alignment.attention", "termination.never",
@@ -135,6 +135,28 @@ def test_autoload_switch_loads_only_named_plugins(monkeypatch):
     assert len(loaded.registry("students")) == 18 and len(loaded.registry("teachers")) == 0
 
 
+def test_installed_plugin_named_in_a_recipe_loads_once(plugins):
+    loaded = load_plugins(["haste_students.sit"])  # also an entry point: registered once, under the recipe's name
+    names = [r["name"] for r in loaded.describe()]
+    assert "haste_students.sit" in names and "students.sit" not in names
+    assert len(loaded.registry("students")) == 18
+
+
+def test_hook_with_a_wrong_argument_is_a_plugin_error(tmp_path, monkeypatch):
+    (tmp_path / "bad_args.py").write_text(
+        "from haste_core import hookimpl\n\n@hookimpl\ndef haste_step_end(run, stepp):\n    pass\n"
+    )
+    (tmp_path / "wrapping.py").write_text(
+        "from haste_core import hookimpl\n\n@hookimpl(wrapper=True)\n"
+        "def haste_register_teachers(registry):\n    return (yield)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"plugin 'bad_args' has a hook implementation haste cannot call: .*stepp"):
+        load_plugins(["bad_args"])
+    with pytest.raises(PluginError, match="haste_register_teachers cannot be a hook wrapper"):
+        load_plugins(["wrapping"])
+
+
 def test_local_plugin_file_relative_to_recipe(tmp_path):
     (tmp_path / "lab_policy.py").write_text(POLICY_MODULE.format(name="lab_stop"))
     loaded = load_plugins(["lab_policy.py"], base_dir=tmp_path)
@@ -173,7 +195,16 @@ def test_registry_rejects_bad_registrations(plugins):
         registry.add("wrong_family", dict)
 
 
-def test_trace_switch_prints_hook_calls():
-    result = run_module("haste_core.plugins", env={"HASTE_TRACE_PLUGINS": "1"})
-    assert result.returncode == 0
+def test_trace_switch_prints_hook_calls(tmp_path):
+    result = run_module(
+        "haste_core.run",
+        str(TINY_RECIPE),
+        f"run.output_dir={tmp_path}",
+        "run.max_steps=1",
+        env={"HASTE_TRACE_PLUGINS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
     assert "[haste trace] haste_register_students() -> plugin students.sit" in result.stderr
+    assert "[haste trace] haste_train_start(run=RunContext(" in result.stderr
+    assert "[haste trace] haste_step_end(run=RunContext(" in result.stderr and "step=1, metrics={" in result.stderr
+    assert "-> plugins ['monitor.tensorboard']" in result.stderr

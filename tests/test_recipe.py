@@ -95,6 +95,10 @@ def test_overrides_are_parsed_as_yaml_and_checked(tiny):
         ),
         (["run.resume=/no/such/ckpt.pt"], "run.resume: checkpoint '/no/such/ckpt.pt' does not exist"),
         (["data.global_batch_size=0"], "data.global_batch_size: expected a positive integer, got 0"),
+        (
+            ["data.global_batch_size=4096"],
+            "data.global_batch_size: 4096 is larger than the training set (1438 items of digits); use at most 1438",
+        ),
         (["alignment.0.teacher=dino"], "alignment[0].teacher: unknown teacher key 'dino'; defined: teacher"),
         (
             ["termination=null"],

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 from haste_teachers.digits_vit import DigitsViT
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from haste_core import checkpoint, distributed, hookimpl, run_folder
-from haste_core.errors import HasteError, RunFolderError
+from haste_core.errors import CheckpointError, HasteError, RunFolderError
 from haste_core.trainer import Trainer
 
 from .conftest import TINY_RECIPE, run_module
@@ -71,27 +72,94 @@ def test_phase_change_releases_teacher_capture_and_heads(tiny, plugins):
     assert "image" not in next(trainer.stream)  # the data set stopped handing out images
 
 
-@pytest.mark.parametrize("termination_step", [6, 2], ids=["resume-in-phase-I", "resume-in-phase-II"])
-def test_resume_gives_identical_training(tiny, plugins, tmp_path, monkeypatch, termination_step):
-    straight = trainer_for(tiny(f"termination.step={termination_step}", f"run.output_dir={tmp_path / 'a'}"), plugins)
+def assert_same_training_state(a: Trainer, b: Trainer) -> None:
+    for name, param in a.student.state_dict().items():
+        assert torch.equal(param, b.student.state_dict()[name]), name
+    for name, param in a.ema.state_dict().items():
+        assert torch.equal(param, b.ema.state_dict()[name]), name
+    state_a, state_b = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert state_a.keys() == state_b.keys()
+    for index in state_a:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state_a[index][key], state_b[index][key]), (index, key)
+    assert a.stream.position() == b.stream.position()
+
+
+@pytest.mark.parametrize(
+    ("termination_step", "batch"),
+    [(6, 8), (2, 8), (4, 512)],
+    ids=["resume-in-phase-I", "resume-in-phase-II", "resume-at-termination-across-epochs"],
+)
+def test_resume_gives_identical_training(tiny, plugins, tmp_path, monkeypatch, termination_step, batch):
+    settings = [f"termination.step={termination_step}", f"data.global_batch_size={batch}"]
+    straight = trainer_for(tiny(*settings, f"run.output_dir={tmp_path / 'a'}"), plugins)
     straight.fit()
 
-    first = tiny(f"termination.step={termination_step}", f"run.output_dir={tmp_path / 'b'}", "run.max_steps=4")
-    trainer_for(first, plugins).fit()
-    second = tiny(f"termination.step={termination_step}", f"run.output_dir={tmp_path / 'b'}")
-    if termination_step < 4:  # resumed after termination: the teacher must never be built
+    trainer_for(tiny(*settings, f"run.output_dir={tmp_path / 'b'}", "run.max_steps=4"), plugins).fit()
+    if termination_step <= 4:  # resumed at or after termination: the teacher must never be built
         monkeypatch.setattr(DigitsViT, "__init__", lambda *a, **k: pytest.fail("teacher built after termination"))
-    resumed = trainer_for(second, plugins)
+    resumed = trainer_for(tiny(*settings, f"run.output_dir={tmp_path / 'b'}"), plugins)
     assert resumed.step == 4 and bool(resumed.teachers) == (termination_step > 4)
     resumed.fit()
 
-    for name, param in straight.student.state_dict().items():
-        assert torch.equal(param, resumed.student.state_dict()[name]), name
-    for name, param in straight.ema.state_dict().items():
-        assert torch.equal(param, resumed.ema.state_dict()[name]), name
-    a, b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
-    assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a)
+    assert_same_training_state(straight, resumed)
     assert straight.plan.stopped == resumed.plan.stopped == {"repa": termination_step, "attention": termination_step}
+    if batch == 512:
+        assert straight.stream.position() == {"epoch": 3, "batch": 2}  # 2 batches per epoch: crossed 3 epochs
+
+
+def test_a_named_checkpoint_starts_a_new_run_from_where_it_stood(tiny, plugins, tmp_path):
+    straight = trainer_for(tiny(f"run.output_dir={tmp_path / 'a'}"), plugins)
+    straight.fit()
+    trainer_for(tiny(f"run.output_dir={tmp_path / 'b'}", "run.max_steps=4"), plugins).fit()
+    source = tmp_path / "b" / "tiny" / "checkpoints" / "step_00000004.pt"
+    branch = tiny(f"run.output_dir={tmp_path / 'c'}", "run.name=branch", f"run.resume={source}")
+    resumed = trainer_for(branch, plugins)
+    assert resumed.step == 4
+    resumed.fit()
+    assert_same_training_state(straight, resumed)
+    assert [p.name for p in checkpoint.step_files(branch.run_dir)] == ["step_00000008.pt"]
+
+
+def test_checkpoint_problems_are_found_before_anything_is_written(tiny, plugins, tmp_path):
+    trainer_for(tiny("run.max_steps=4"), plugins).fit()
+    source = tiny().run_dir / "checkpoints" / "step_00000004.pt"
+    other = tiny(f"run.output_dir={tmp_path / 'new'}", "optimizer.lr=0.5", f"run.resume={source}")
+    with pytest.raises(
+        CheckpointError, match=re.escape("was written by a different recipe (optimizer.lr: 0.001 -> 0.5)")
+    ):
+        run_folder.resume_source(other)
+    assert not (tmp_path / "new").exists()
+    latest = tiny().run_dir / "checkpoints" / "latest.pt"
+    latest.unlink()
+    latest.write_bytes(source.read_bytes()[:1000])  # a truncated latest.pt, as a crash mid-copy would leave
+    with pytest.raises(CheckpointError, match=re.escape("latest.pt cannot be read")):
+        run_folder.resume_source(tiny())
+
+
+class TerminationSpy:
+    """Records, at each haste_alignment_terminated call, what the run looks like to observers."""
+
+    def __init__(self, teacher: weakref.ref) -> None:
+        self.teacher = teacher
+        self.calls: list[tuple[str, int, list[str], bool]] = []
+
+    @hookimpl
+    def haste_alignment_terminated(self, run, step, alignment):
+        gc.collect()
+        self.calls.append((alignment, step, list(run.active_alignments), self.teacher() is not None))
+
+
+def test_termination_hook_sees_the_phase_change_done(tiny, plugins):
+    recipe = tiny("alignment.1.termination={name: fixed_step, step: 2}", "termination.step=5")
+    trainer = trainer_for(recipe, plugins)
+    spy = TerminationSpy(weakref.ref(trainer.teachers["teacher"]))
+    plugins.pm.register(spy, "termination_spy")
+    try:
+        trainer.fit()
+    finally:
+        plugins.pm.unregister(name="termination_spy")
+    assert spy.calls == [("attention", 2, ["repa"], True), ("repa", 5, [], False)]
 
 
 def test_resume_never_refuses_a_folder_with_checkpoints(tiny, plugins):
@@ -126,6 +194,38 @@ def test_training_lowers_the_denoising_loss(tiny, plugins):
     losses = [m["loss/denoise"] for m in spy.logged]
     assert len(losses) == 60
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
+def test_fp16_steps_skipped_by_the_scaler_are_not_a_divergence(tiny, plugins):
+    trainer = trainer_for(tiny("precision.dtype=fp16", "run.max_steps=3", "run.checkpoint_every=0"), plugins)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # overflows: every step is skipped
+    before = {name: p.detach().clone() for name, p in trainer.student.named_parameters()}
+    spy = MetricsSpy()
+    plugins.pm.register(spy, "spy")
+    try:
+        trainer.fit()
+    finally:
+        plugins.pm.unregister(name="spy")
+    assert [m["optim/skipped_steps"] for m in spy.logged] == [1.0, 1.0, 1.0]
+    assert all("optim/grad_norm" not in m for m in spy.logged)  # no norm for windows of skipped steps only
+    assert all(torch.equal(before[name], p) for name, p in trainer.student.named_parameters())
+
+
+def test_resumed_run_hides_the_steps_it_logs_again(tiny, plugins):
+    recipe = tiny()
+    trainer_for(recipe, plugins).fit()  # steps 1..8, checkpoints at 4 and 8
+    checkpoints = recipe.run_dir / "checkpoints"
+    (checkpoints / "step_00000008.pt").unlink()  # as if the process had died after logging step 8
+    (checkpoints / "latest.pt").unlink()
+    (checkpoints / "latest.pt").hardlink_to(checkpoints / "step_00000004.pt")
+    resumed = trainer_for(recipe, plugins)
+    assert resumed.step == 4
+    resumed.fit()
+    events = EventAccumulator(str(recipe.run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/denoise")] == list(range(1, 9))  # each step once
+    trainer_for(recipe, plugins).fit()  # finished: does nothing, writes no new event file
+    assert len(list((recipe.run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

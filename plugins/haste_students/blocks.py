@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from haste_core.ops import attention_logits
+
 TIMESTEP_FREQUENCY_DIM = 256  # sinusoidal embedding width before the MLP (DiT, SiT)
 MAX_PERIOD = 10_000  # base of the sinusoidal frequencies (Transformer, DiT)
 LN_EPS = 1e-6  # LayerNorm eps of DiT/SiT blocks
@@ -97,8 +99,8 @@ def sincos_pos_embed(hidden_size: int, grid: int) -> Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention: fused SDPA, or explicit softmax when the logits are captured.
 
-    A captured block computes ``logits = (q·d^-½) kᵀ`` once, applies their softmax, and returns them; no
-    second attention computation happens.
+    A captured block computes ``logits = (q·d^-½) kᵀ`` once, in fp32 even under autocast, applies their
+    softmax, and returns them; no second attention computation happens.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, qk_norm: bool) -> None:
@@ -116,7 +118,7 @@ class Attention(nn.Module):
         q_BHND, k_BHND = self.q_norm(q_BHND), self.k_norm(k_BHND)
         logits_BHNN = None
         if capture:
-            logits_BHNN = (q_BHND * self.scale) @ k_BHND.transpose(-2, -1)
+            logits_BHNN = attention_logits(q_BHND, k_BHND, self.scale)
             out_BHND = logits_BHNN.softmax(dim=-1).to(v_BHND.dtype) @ v_BHND
         else:
             out_BHND = F.scaled_dot_product_attention(q_BHND, k_BHND, v_BHND)

@@ -1,6 +1,7 @@
 """The embedded default teacher: a small vision transformer that haste trains itself as a digit classifier.
 
-The first time it is needed it trains on the ``digits`` training split (seeded, with progress output, well
+The first time it is needed it trains on a ``digits`` training split (by default the data set's default one;
+seeded, with progress output, well
 under a minute on 2 CPU cores; under torchrun one process per machine trains while the others wait) and is
 cached under ``$HASTE_CACHE/digits_vit/``. It has the ``Teacher`` interface that DINOv2 has: patch tokens of any
 block, final normalised patch tokens (block -1), and pre-softmax attention logits of any block, with the class
@@ -26,6 +27,7 @@ from haste_core import hookimpl
 from haste_core.cache import cache_dir
 from haste_core.errors import HasteError, RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, Teacher, TeacherOutput, TeacherSpec
+from haste_core.ops import attention_logits
 from haste_core.registry import Registry
 
 log = logging.getLogger("haste")
@@ -65,7 +67,7 @@ class ViTAttention(nn.Module):
         if not capture:
             out = F.scaled_dot_product_attention(q, k, v)
             return self.proj(out.transpose(1, 2).reshape(B, N, D)), None
-        logits_BHNN = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        logits_BHNN = attention_logits(q, k, self.head_dim**-0.5)
         out = logits_BHNN.softmax(-1).to(v.dtype) @ v
         return self.proj(out.transpose(1, 2).reshape(B, N, D)), logits_BHNN
 
@@ -123,6 +125,14 @@ class DigitsViT(Teacher):
     @dataclass(kw_only=True, frozen=True)
     class Config:
         weights: str = "cache"  # cache: trained once and reused; none: random (tests); or a .pt file
+        # the digits split it trains on (with weights: cache); keep equal to the data's, so that the teacher
+        # never sees the student's held-out digits
+        heldout_fraction: float = 0.2
+        split_seed: int = 0
+
+        def __post_init__(self) -> None:
+            if not 0.0 < self.heldout_fraction < 1.0:
+                raise RecipeError(f"must be between 0 and 1, got {self.heldout_fraction}", "heldout_fraction")
 
     @classmethod
     def example_data(cls) -> DataSpec:
@@ -176,8 +186,10 @@ class DigitsViT(Teacher):
         path = Path(config.weights) if config.weights != "cache" else None
         if path is None and resolve_weights is not None:
             path = resolve_weights("teacher", "digits_vit")
+            if path is not None and not Path(path).is_file():
+                raise HasteError(f"haste_resolve_weights offered {path} for teacher digits_vit, but it does not exist")
         if path is None:
-            path = cached_weights()
+            path = cached_weights(config.heldout_fraction, config.split_seed)
         state = torch.load(path, map_location="cpu", weights_only=True)
         state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
         _check_state_dict(self.net, state_dict, path)
@@ -233,11 +245,17 @@ def _check_state_dict(net: nn.Module, state_dict: Any, path: Path) -> None:
         raise HasteError(f"{path} does not fit digits_vit: unexpected key '{extra[0]}'")
 
 
-def cached_weights() -> Path:
-    """The cached, trained weights; trained and written (atomically) if missing."""
-    path = cache_dir() / "digits_vit" / f"{CACHE_FORMAT.replace('/', '_v')}_seed{TRAIN_SEED}.pt"
+def cache_path(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
+    """Where the weights trained on this digits split are cached (the name carries format and split)."""
+    split = f"heldout{heldout_fraction:g}_split{split_seed}"
+    return cache_dir() / "digits_vit" / f"{CACHE_FORMAT.replace('/', '_v')}_{split}_seed{TRAIN_SEED}.pt"
+
+
+def cached_weights(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
+    """The cached weights trained on this digits split; trained and written (atomically) if missing."""
+    path = cache_path(heldout_fraction, split_seed)
     if not path.is_file():
-        state_dict, accuracy = train_digits_vit()
+        state_dict, accuracy = train_digits_vit(heldout_fraction, split_seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save({"format": CACHE_FORMAT, "state_dict": state_dict, "heldout_accuracy": accuracy}, temporary)
@@ -246,12 +264,12 @@ def cached_weights() -> Path:
     return path
 
 
-def train_digits_vit() -> tuple[dict[str, Tensor], float]:
-    """Train the classifier on the digits training split; return its weights and held-out accuracy."""
+def train_digits_vit(heldout_fraction: float = 0.2, split_seed: int = 0) -> tuple[dict[str, Tensor], float]:
+    """Train the classifier on a digits training split; return its weights and held-out accuracy."""
     from haste_data.digits import load_split
 
-    images, labels = load_split("train")
-    heldout_images, heldout_labels = load_split("heldout")
+    images, labels = load_split("train", heldout_fraction, split_seed)
+    heldout_images, heldout_labels = load_split("heldout", heldout_fraction, split_seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or threads)  # the other ranks wait meanwhile
     started = time.perf_counter()

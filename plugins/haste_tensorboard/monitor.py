@@ -24,7 +24,8 @@ def haste_train_start(run: RunContext) -> None:
         return
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"))
+    # A resumed run re-logs the steps after its checkpoint: hide what a crashed process wrote for them.
+    writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"), purge_step=run.step + 1 if run.step else None)
     writer.add_text("recipe", "```yaml\n" + run.recipe.to_yaml() + "```", global_step=run.step)
     _writers[run.run_dir] = writer
 
