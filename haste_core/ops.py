@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 from torch.amp.autocast_mode import is_autocast_available
@@ -13,7 +15,6 @@ def attention_logits(q_BHND: Tensor, k_BHND: Tensor, scale: float) -> Tensor:
     Alignment losses read these logits; computing them from half-precision products would round them first.
     """
     device_type = q_BHND.device.type
-    if is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        with torch.autocast(device_type, enabled=False):
-            return (q_BHND.float() * scale) @ k_BHND.float().transpose(-2, -1)
-    return (q_BHND.float() * scale) @ k_BHND.float().transpose(-2, -1)
+    autocasting = is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    with torch.autocast(device_type, enabled=False) if autocasting else contextlib.nullcontext():
+        return (q_BHND.float() * scale) @ k_BHND.float().transpose(-2, -1)

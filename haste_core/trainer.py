@@ -133,7 +133,6 @@ class Trainer:
         if not self.teachers:
             self.dataset.set_images_needed(False)
         self.module = self._wrap()
-        self.trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.window = MetricWindow(device, recipe.data.global_batch_size)
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.run = RunContext(
@@ -241,7 +240,6 @@ class Trainer:
         self.module = None  # drop the old DDP wrapper (its hooks and buckets) before building the new one
         gc.collect()
         self.module = self._wrap()
-        self.trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
@@ -264,8 +262,10 @@ class Trainer:
         return sorted({self.nodes[label].teacher for label in self.plan.active})
 
     def _wrap(self) -> nn.Module:
-        """The training module for the alignments active now (and what each teacher must produce for them)."""
+        """The training module for the alignments active now; also what each teacher must produce for them and
+        which parameters the optimiser updates."""
         self.requests = self._teacher_requests()
+        self.trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         active = {label: self.alignments[label] for label in self.plan.active}
         module = TrainStep(
             self.student,

@@ -169,7 +169,9 @@ class DigitsViT(Teacher):
             spec.num_heads,
             spec.grid,
         )
-        self.net = DigitsViTNet()
+        with torch.random.fork_rng(devices=[]):  # a seeded random start that leaves the caller's RNG alone
+            torch.manual_seed(TRAIN_SEED)
+            self.net = DigitsViTNet()
         self.heldout_accuracy = self._load_weights(config, resolve_weights)
         self.input_side = self.grid * PATCH_SIZE
         if self.grid != IMAGE_SIDE // PATCH_SIZE:  # match the student's grid: resample positions once, here
@@ -179,9 +181,6 @@ class DigitsViT(Teacher):
     def _load_weights(self, config: Config, resolve_weights: Any) -> float | None:
         if config.weights == "none":
             log.warning("teacher digits_vit: weights 'none', using a random network (only for tests)")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(TRAIN_SEED)
-                self.net = DigitsViTNet()
             return None
         path = Path(config.weights) if config.weights != "cache" else None
         if path is None and resolve_weights is not None:
