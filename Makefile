@@ -13,7 +13,7 @@ NPROC ?= 2
 THREADS ?= $(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 1) // $(NPROC)))")
 STAMP := $(VENV)/.haste-installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench bench-convergence lint install clean
 
 install: $(STAMP)
 
@@ -31,8 +31,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
+# Every benchmarks/bench_*.py in turn; each prints its own side-by-side ratios.
 bench: $(STAMP)
-	$(PY) benchmarks/phase_cost.py
+	@for script in $(sort $(wildcard benchmarks/bench_*.py)); do \
+		echo "== $$script"; HF_HUB_OFFLINE=1 $(PY) $$script || exit 1; done
+
+# The miniature convergence benchmark (vanilla vs REPA vs HASTE on the digits); long, not part of `make bench`.
+bench-convergence: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/convergence.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check haste_core plugins tests benchmarks

@@ -25,12 +25,17 @@ class DataSpec:
 
     ``x_shape`` is C×H×W of what the student denoises (pixels or latents); ``image_shape`` is C×H×W of the
     uint8 images given to teachers; ``num_classes`` is 0 for unconditional or text-conditioned data.
+    Text-conditioned data sets give ``text_len`` tokens of width ``text_dim`` per caption and, when
+    ``pooled_dim`` > 0, a pooled caption vector (see ``Dataset`` for the item layout).
     """
 
     x_shape: tuple[int, int, int]
     image_shape: tuple[int, int, int]
     num_classes: int
     num_items: int
+    text_len: int = 0
+    text_dim: int = 0
+    pooled_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,9 @@ class Dataset(Component, torch.utils.data.Dataset, ABC):
     """A map-style training set. Runtime arguments: ``split`` ("train" or "heldout").
 
     ``dataset[i]`` returns ``{"image": uint8 C×H×W (for teachers), "x": float C×H×W (for the student),
-    "cond": int64 class id}``; ``image`` may be left out after ``set_images_needed(False)``. Items must be a
+    "cond": ...}``; ``image`` may be left out after ``set_images_needed(False)``. ``cond`` is an int64 class id
+    for class-conditional data, or for text-conditioned data a dict ``{"text": float L×D caption token
+    embeddings, "text_mask": bool L (True = a real token), "pooled": float P (only when pooled_dim > 0)}``. Items must be a
     deterministic function of the index, so that a resumed run sees exactly the batches an uninterrupted one
     would.
     """

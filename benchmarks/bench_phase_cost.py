@@ -1,6 +1,6 @@
 """Step time of Phase I, Phase II and training without alignment, measured side by side in one process.
 
-    python benchmarks/phase_cost.py [--rounds 12] [--steps 25]      (or: make bench)
+    python benchmarks/bench_phase_cost.py [--rounds 12] [--steps 25]      (or: make bench)
 
 Three trainers are built from the digits recipes: quickstart held in Phase I, quickstart after its termination
 (Phase II), and digits_vanilla. They take turns: each round runs ``--steps`` steps of each, so that machine

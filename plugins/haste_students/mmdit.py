@@ -1,0 +1,1 @@
+"""PLACEHOLDER (being written): registers nothing yet."""
