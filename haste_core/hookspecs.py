@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from haste_core.interfaces import RunContext
     from haste_core.registry import Registry
 
@@ -99,6 +101,17 @@ def haste_step_end(run: RunContext, step: int, metrics: dict[str, float]) -> Non
     ``perf/step_s``...) to values averaged over the steps since the previous logging step and across ranks,
     identical on every rank.
     Return None.
+    """
+
+
+@hookspec
+def haste_histograms(run: RunContext, step: int, histograms: dict[str, Tensor]) -> None:
+    """Observe distributions of the alignment, for histograms (the cosine similarities of ``repa``, say).
+
+    Called on every rank at logging steps while an alignment is active, after ``haste_step_end``, with this
+    rank's own values from the step's last forward pass: ``histograms`` maps a tag (``align/<label>/<name>``)
+    to a detached 1-D tensor on the training device (an ``Alignment`` gives them by ``histograms()``). Moving
+    them to the CPU is the implementation's cost; the TensorBoard monitor does it on rank 0 only. Return None.
     """
 
 

@@ -36,6 +36,7 @@ class DataSpec:
     text_len: int = 0
     text_dim: int = 0
     pooled_dim: int = 0
+    unavailable: str = ""  # why the data cannot be read yet and how to make it; --check notes it, a run stops
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,22 @@ class StudentSpec:
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """The dimensions of a teacher as it will run for this student (``grid`` after its resize)."""
+    """The dimensions of a teacher as it will run for this student (``grid`` after its resize).
+
+    ``grid`` is the grid the teacher runs at (its attention maps are grid²×grid²); ``token_grid`` is the grid of
+    the tokens it returns, which differs when it resamples them to the student's grid (None: same as ``grid``).
+    """
 
     name: str
     depth: int
     embed_dim: int
     num_heads: int
     grid: int  # patch tokens per side
+    token_grid: int | None = None  # grid of the returned tokens; filled in with ``grid`` when not given
+
+    def __post_init__(self) -> None:
+        if self.token_grid is None:
+            object.__setattr__(self, "token_grid", self.grid)
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,8 @@ class Capture:
 
 @dataclass
 class StudentOutput:
-    """``pred``: same shape as x_t; ``hidden``: {block: B×N×D}; ``attn_logits``: {block: B×H×N×N}."""
+    """``pred``: same shape as x_t (twice its channels for a ``learn_sigma`` student); ``hidden``: {block: B×N×D};
+    ``attn_logits``: {block: B×H×N×N}."""
 
     pred: Tensor
     hidden: dict[int, Tensor] = field(default_factory=dict)
@@ -148,9 +159,9 @@ class Dataset(Component, torch.utils.data.Dataset, ABC):
     ``dataset[i]`` returns ``{"image": uint8 C×H×W (for teachers), "x": float C×H×W (for the student),
     "cond": ...}``; ``image`` may be left out after ``set_images_needed(False)``. ``cond`` is an int64 class id
     for class-conditional data, or for text-conditioned data a dict ``{"text": float L×D caption token
-    embeddings, "text_mask": bool L (True = a real token), "pooled": float P (only when pooled_dim > 0)}``. Items must be a
-    deterministic function of the index, so that a resumed run sees exactly the batches an uninterrupted one
-    would.
+    embeddings, "text_mask": bool L (True = a real token), "pooled": float P (only when pooled_dim > 0)}``.
+    Items must be a deterministic function of the index, so that a resumed run sees exactly the batches an
+    uninterrupted one would.
     """
 
     @classmethod
@@ -170,19 +181,40 @@ class Dataset(Component, torch.utils.data.Dataset, ABC):
     def set_images_needed(self, needed: bool) -> None:
         """Told False when no teacher needs images any more (Phase II); a data set may then stop loading them."""
 
+    def finish_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Called with each training batch once it is on the training device, before the objective sees it: the
+        place for per-step randomness drawn from the global RNG (which checkpoints restore), such as a VAE
+        posterior sample. Returns the batch; by default unchanged."""
+        return batch
+
+    def sample_conds(self, n: int) -> Tensor | dict[str, Tensor]:
+        """The conditions of ``n`` sample-grid images, batched like ``cond`` (class ids ``i % num_classes`` by
+        default; a text data set returns a dict of n captions, e.g. from its held-out captions)."""
+        return torch.arange(n) % max(self.spec.num_classes, 1)
+
 
 class Student(Component, nn.Module, ABC):
     """A denoising transformer. Runtime arguments: ``data`` (a ``DataSpec``).
 
     ``forward(x_t, t, cond, capture)`` returns a ``StudentOutput``. Blocks not named in ``capture`` must use
     fused attention; a block whose attention is captured computes its logits once and uses them for its own
-    output. Label dropout for classifier-free guidance happens inside, in training mode only.
+    output. Label (or caption) dropout for classifier-free guidance happens inside, in training mode only.
+    ``cond`` is what the data set yields (class ids, or the text dict described under ``Dataset``).
+    A student with ``learn_sigma`` predicts 2C channels: the objective's target, then the variance values.
+    ``zero_init``: the prediction is exactly 0 at initialisation (adaLN-Zero), checked by the contract tests.
     """
 
     depth: int
     hidden_size: int
     num_heads: int
     grid: int
+    learn_sigma: bool = False
+    zero_init: bool = False
+
+    @classmethod
+    def example_data(cls) -> DataSpec:
+        """Data this student can read, for contract tests: 4-channel 16×16 latents with 10 classes by default."""
+        return DataSpec(x_shape=(4, 16, 16), image_shape=(3, 16, 16), num_classes=10, num_items=64)
 
     @classmethod
     @abstractmethod
@@ -190,12 +222,12 @@ class Student(Component, nn.Module, ABC):
         """Dimensions for this config and data, without building anything."""
 
     @abstractmethod
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, capture: Capture | None = None) -> StudentOutput:
+    def forward(self, x_t: Tensor, t: Tensor, cond: Any, capture: Capture | None = None) -> StudentOutput:
         """Predict the objective's target for x_t (B×C×H×W) at times t (B)."""
 
     @abstractmethod
-    def null_cond(self, cond: Tensor) -> Tensor:
-        """The unconditional counterpart of ``cond`` (the null class), for classifier-free guidance."""
+    def null_cond(self, cond: Any) -> Any:
+        """The unconditional counterpart of ``cond`` (the null class or null caption), for guidance."""
 
 
 class Teacher(Component, nn.Module, ABC):
@@ -253,19 +285,48 @@ class Alignment(Component, nn.Module, ABC):
     def forward(self, student: StudentOutput, teacher: TeacherOutput) -> tuple[Tensor, dict[str, Tensor]]:
         """The unweighted loss (fp32 scalar) and extra metrics."""
 
+    def histograms(self) -> dict[str, Tensor]:
+        """Detached 1-D tensors from the last ``forward`` worth a histogram (logged as ``align/<label>/<name>``
+        at logging steps through ``haste_histograms``); keep a reference, not a copy. None by default."""
+        return {}
+
 
 class Termination(Component, ABC):
     """Decides when an alignment stops. No runtime arguments.
 
     ``update`` is called after every optimiser step with the 1-based step just completed and that step's
     detached losses as device tensors (``loss/denoise``, ``align/<label>``...; reading one with ``.item()``
-    synchronises the device, so do it sparingly). It returns ``Fired`` once; it is not called again after.
-    The values are this rank's own; a policy must reach the same decision on every rank, so base it on the
-    step or on values averaged with ``haste_core.distributed.all_reduce_mean``.
+    synchronises the device, so do it sparingly), plus ``data/epoch`` (completed epochs, a CPU float tensor).
+    It returns ``Fired`` once; it is not called again after. The values are this rank's own; a policy must
+    reach the same decision on every rank, so base it on the step or on values averaged with
+    ``haste_core.distributed.all_reduce_mean``.
+
+    Three optional parts (defaults do nothing), read by ``haste_core.phase.PhasePlan`` and the trainer:
+
+    - ``bind(labels)`` is called once, before training, with the labels of the alignments the policy governs
+      (every alignment for a run-wide or ``watch`` policy); they are in ``self.terms``.
+    - ``probe_every`` > 0 asks for the gradient probe (``haste_core.probe``) every that many steps while the
+      policy is undecided; on those steps ``metrics`` also holds ``grad/dot/<a>/<b>``, the dot products of
+      the per-term gradients on the shared student parameters, averaged over ranks (terms: ``denoise`` and the
+      active labels; alignment gradients include their weights). No probe runs when no policy asks for one.
+    - ``weight_scale(step)`` is a factor in [0, 1] on the recipe weight of the governed alignments for the
+      1-based step about to be trained (``fade``). The trainer reads it before every step into the training
+      module as a plain float (no rebuild). The scales of ``watch`` policies are ignored: they only observe.
     """
+
+    probe_every: int = 0  # steps between gradient probes this policy needs; 0: none
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        self.terms: list[str] = []
+
+    def bind(self, labels: list[str]) -> None:
+        """Learn which alignment labels this policy governs (or watches)."""
+        self.terms = list(labels)
+
+    def weight_scale(self, step: int) -> float:
+        """The factor on the governed alignments' weights for ``step``; 1.0 unless the policy fades them."""
+        return 1.0
 
     @abstractmethod
     def update(self, step: int, metrics: dict[str, Tensor]) -> Fired | None:
@@ -293,8 +354,11 @@ class Objective(Component, ABC):
         """Sample t and noise (global RNG, on x0's device) and build x_t and the target."""
 
     @abstractmethod
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        """The denoising loss as an fp32 scalar (mean over the batch)."""
+    def loss(self, pred: Tensor, pair: TrainingPair) -> Tensor:
+        """The denoising loss of the student's prediction for ``pair`` as an fp32 scalar (mean over the batch).
+
+        ``pair`` is what ``training_pair`` returned (x_t and t as well as the target, for losses that need
+        them, such as DDPM's variational term)."""
 
     @abstractmethod
     def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:

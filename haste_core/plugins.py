@@ -75,6 +75,9 @@ class Plugins:
     def step_end(self, run: Any, step: int, metrics: dict[str, float]) -> None:
         self.pm.hook.haste_step_end(run=run, step=step, metrics=metrics)
 
+    def histograms(self, run: Any, step: int, histograms: dict[str, Any]) -> None:
+        self.pm.hook.haste_histograms(run=run, step=step, histograms=histograms)
+
     def alignment_terminated(self, run: Any, step: int, alignment: str, reason: str) -> None:
         self.pm.hook.haste_alignment_terminated(run=run, step=step, alignment=alignment, reason=reason)
 
@@ -160,10 +163,12 @@ def _import_local(spec: str, base_dir: Path | None) -> tuple[str, ModuleType]:
         name = path.stem
         module_spec = importlib.util.spec_from_file_location(f"haste_local_{name}", path)
         module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module  # dataclasses (a component's Config) look their module up there
         loader = module_spec.loader
         try:
             loader.exec_module(module)
         except Exception as exc:
+            sys.modules.pop(module_spec.name, None)
             raise PluginError(f"plugins: local plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
         return name, module
     try:

@@ -24,7 +24,7 @@ from haste_core.errors import RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, TeacherSpec
 from haste_core.plugins import Plugins, load_plugins
 from haste_core.registry import Entry
-from haste_core.sections import EMAConfig, OptimizerConfig, PrecisionConfig, RunConfig, SamplingConfig
+from haste_core.sections import EMAConfig, EvalConfig, OptimizerConfig, PrecisionConfig, RunConfig, SamplingConfig
 
 # --- component nodes ------------------------------------------------------------------------------------------
 
@@ -78,7 +78,7 @@ DEFAULT_ALIGNMENT_WEIGHT = 0.5  # lambda_proj = lambda_attn = 0.5 in REPA and HA
 SINGLE_TEACHER_KEY = "teacher"
 SECTIONS = (
     "run", "data", "student", "objective", "teacher", "teachers", "alignment", "termination",
-    "optimizer", "ema", "precision", "sampling", "plugins",
+    "optimizer", "ema", "precision", "sampling", "eval", "plugins",
 )  # fmt: skip
 
 
@@ -100,6 +100,8 @@ class Recipe:
     student_spec: StudentSpec
     teacher_specs: Mapping[str, TeacherSpec]
     source: str
+    watch: tuple[Node, ...] = ()  # termination.watch: policies that only observe (haste_core/phase.py)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)  # in-training FID (off by default)
 
     @property
     def run_dir(self) -> Path:
@@ -119,8 +121,12 @@ class Recipe:
             out["alignment"] = [node.to_dict() for node in self.alignments]
         if self.termination is not None:
             out["termination"] = self.termination.to_dict()
+            if self.watch:
+                out["termination"]["watch"] = [node.to_dict() for node in self.watch]
         for key in ("optimizer", "ema", "precision", "sampling"):
             out[key] = to_plain(getattr(self, key))
+        if self.eval.every:
+            out["eval"] = to_plain(self.eval)
         if self.plugins:
             out["plugins"] = list(self.plugins)
         return out
@@ -208,7 +214,7 @@ def validate(raw: Mapping[str, Any], plugins: Plugins, *, world_size: int = 1, s
     run = build_config(RunConfig, raw["run"], "run")
     data = _data_node(raw["data"], plugins, world_size)
     data_spec = _call(data, lambda: data.entry.cls.describe(data.config, **data.entry.fixed))
-    if data.global_batch_size > data_spec.num_items:
+    if not data_spec.unavailable and data.global_batch_size > data_spec.num_items:
         raise RecipeError(
             f"{data.global_batch_size} is larger than the training set ({data_spec.num_items} items of "
             f"{data.name}); use at most {data_spec.num_items}",
@@ -234,9 +240,10 @@ def validate(raw: Mapping[str, Any], plugins: Plugins, *, world_size: int = 1, s
             node,
             lambda n=node, ts=teacher_spec: n.entry.cls.check(n.config, student=student_spec, teacher=ts),
         )
-    termination = None
+    termination, watch = None, ()
     if raw.get("termination") is not None:
-        termination = _component(raw["termination"], plugins.registry("terminations"), "termination")
+        termination_raw, watch = _watch_nodes(raw["termination"], plugins)
+        termination = _component(termination_raw, plugins.registry("terminations"), "termination")
     _check_termination(alignments, termination)
     unused = sorted(set(teachers) - {node.teacher for node in alignments})
     if unused:
@@ -261,6 +268,8 @@ def validate(raw: Mapping[str, Any], plugins: Plugins, *, world_size: int = 1, s
         student_spec=student_spec,
         teacher_specs=teacher_specs,
         source=source,
+        watch=watch,
+        eval=build_config(EvalConfig, raw.get("eval") or {}, "eval"),
     )
 
 
@@ -396,6 +405,22 @@ def _check_termination(alignments: Sequence[AlignmentNode], termination: Node | 
             "(e.g. {name: fixed_step, step: 250000}, or {name: never} for REPA) or one on the alignment",
             "termination",
         )
+
+
+def _watch_nodes(raw: Any, plugins: Plugins) -> tuple[Any, tuple[Node, ...]]:
+    """Split ``termination.watch`` (a list of policy nodes that only observe) off the run-wide node."""
+    if not isinstance(raw, Mapping) or raw.get("watch") is None:
+        return raw, ()
+    items = raw["watch"]
+    if not isinstance(items, list):
+        raise RecipeError(
+            "expected a list of termination nodes that only observe, like [{name: plateau}, {name: fade, start: 10, "
+            "steps: 10}]",
+            "termination.watch",
+        )
+    registry = plugins.registry("terminations")
+    nodes = tuple(_component(item, registry, f"termination.watch[{index}]") for index, item in enumerate(items))
+    return {key: value for key, value in raw.items() if key != "watch"}, nodes
 
 
 def replace_run(recipe: Recipe, **changes: Any) -> Recipe:

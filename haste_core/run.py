@@ -35,10 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         if is_main:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    missing = recipe.data_spec.unavailable
     if check:
         print(recipe.to_yaml(), end="")
         print(f"# ok: {_summary(recipe)}; {'resume from ' + str(resume_from) if resume_from else 'fresh start'}")
+        if missing:
+            print(f"# note: data: {missing}")
         return 0
+    if missing:
+        if is_main:
+            print(f"error: data: {missing}", file=sys.stderr)
+        return 2
 
     from haste_core.trainer import Trainer  # imported late: --check never pays for it
 
@@ -61,8 +68,9 @@ def _summary(recipe: object) -> str:
     teachers = ", ".join(
         f"{t.name} ({t.depth} blocks, {t.num_heads} heads, grid {t.grid})" for t in recipe.teacher_specs.values()
     )
+    items = "not prepared yet" if d.unavailable else f"{d.num_items} items"
     return (
-        f"data {recipe.data.name} x{list(d.x_shape)} ({d.num_items} items); student {s.name} ({s.depth} blocks, "
+        f"data {recipe.data.name} x{list(d.x_shape)} ({items}); student {s.name} ({s.depth} blocks, "
         f"{s.num_heads} heads, grid {s.grid}); teachers: {teachers or 'none'}; run folder {recipe.run_dir}"
     )
 

@@ -9,39 +9,171 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from haste_core.errors import HasteError
 from haste_core.interfaces import Dataset, Objective, Student
 from haste_core.sections import SamplingConfig
 
 
+def cat_conds(first: Any, second: Any) -> Any:
+    """Two condition batches as one: class-id tensors are concatenated, text dicts key by key."""
+    if isinstance(first, dict):
+        return {key: torch.cat([first[key], second[key]]) for key in first}
+    return torch.cat([first, second])
+
+
+def conds_to(cond: Any, device: torch.device) -> Any:
+    """A condition batch (tensor or dict of tensors) on ``device``."""
+    if isinstance(cond, dict):
+        return {key: value.to(device) for key, value in cond.items()}
+    return cond.to(device)
+
+
 def guided_velocity(
-    student: Student, objective: Objective, x: Tensor, t: Tensor, cond: Tensor, cfg_scale: float
+    student: Student, objective: Objective, x: Tensor, t: Tensor, cond: Any, cfg_scale: float
 ) -> Tensor:
     """The (guided) probability-flow velocity at (x, t)."""
     if cfg_scale == 1.0:
         return objective.velocity(student(x, t, cond).pred, x, t)
     both_x, both_t = torch.cat([x, x]), torch.cat([t, t])
-    pred = student(both_x, both_t, torch.cat([cond, student.null_cond(cond)])).pred
+    pred = student(both_x, both_t, cat_conds(cond, student.null_cond(cond))).pred
     v_cond, v_uncond = objective.velocity(pred, both_x, both_t).chunk(2)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
 
 
+Interval = tuple[float, float]
+FULL_INTERVAL: Interval = (0.0, 1.0)
+SDE_LAST_TIME = 0.04  # Euler–Maruyama grid ends at t = 0.04, then one noiseless step to 0 (haste_spec.md §5.2)
+
+
+def _velocity(
+    student: Student, objective: Objective, x: Tensor, time: float, cond: Any, cfg_scale: float, interval: Interval
+) -> Tensor:
+    """Velocity at the scalar time ``time`` for a float64 state ``x``; guidance only when low ≤ time ≤ high
+    (haste_spec.md §5.3). The student sees x in ``dtype``; the result is float64."""
+    low, high = interval
+    scale = cfg_scale if low <= time <= high else 1.0
+    x_model = x.to(_model_dtype(x))
+    t = torch.full((x.shape[0],), time, device=x.device, dtype=x_model.dtype)
+    return guided_velocity(student, objective, x_model, t, cond, scale).to(x.dtype)
+
+
+def _model_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype == torch.float64 else x.dtype
+
+
+def _state(noise: Tensor) -> Tensor:
+    """Samplers keep their state in float64 (as the reference samplers do) where the device supports it."""
+    return noise.double() if noise.device.type in {"cpu", "cuda"} else noise.float()
+
+
 @torch.no_grad()
 def euler_sample(
-    student: Student, objective: Objective, noise: Tensor, cond: Tensor, *, steps: int, cfg_scale: float = 1.0
+    student: Student,
+    objective: Objective,
+    noise: Tensor,
+    cond: Any,
+    *,
+    steps: int,
+    cfg_scale: float = 1.0,
+    interval: Interval = FULL_INTERVAL,
+    heun: bool = False,
 ) -> Tensor:
-    """Integrate from ``noise`` at t = 1 to t = 0 in ``steps`` Euler steps; returns x at t = 0."""
-    times = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
-    x = noise
+    """Integrate dx/dt = v from ``noise`` at t = 1 to t = 0 on t_i = 1 − i/steps (haste_spec.md §5.1).
+
+    Euler: x ← x + Δt·v(x, t_i). Heun (``heun=True``): a second evaluation at t_{i+1} and the averaged slope,
+    on every step but the last (which ends at t = 0). Returns x at t = 0 in the noise's dtype."""
+    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    x = _state(noise)
     for i in range(steps):
-        t = times[i].expand(x.shape[0])
-        x = x + (times[i + 1] - times[i]) * guided_velocity(student, objective, x, t, cond, cfg_scale)
-    return x
+        t_now, t_next = times[i], times[i + 1]
+        slope = _velocity(student, objective, x, t_now, cond, cfg_scale, interval)
+        if heun and i < steps - 1:
+            guess = x + (t_next - t_now) * slope
+            slope = (slope + _velocity(student, objective, guess, t_next, cond, cfg_scale, interval)) / 2
+        x = x + (t_next - t_now) * slope
+    return x.to(noise.dtype)
+
+
+def _rates(objective: Objective, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(dα/dt, dσ/dt): the objective's own ``alpha_sigma_rates`` when it has one, else by autograd."""
+    own = getattr(objective, "alpha_sigma_rates", None)
+    if own is not None:
+        return own(t)
+    with torch.enable_grad():
+        leaf = t.detach().clone().requires_grad_(True)
+        alpha, sigma = objective.alpha_sigma(leaf)
+        d_alpha = torch.autograd.grad(alpha.sum(), leaf, retain_graph=True)[0]
+        d_sigma = torch.autograd.grad(sigma.sum(), leaf)[0]
+    return d_alpha, d_sigma
+
+
+@torch.no_grad()
+def sde_sample(
+    student: Student,
+    objective: Objective,
+    noise: Tensor,
+    cond: Any,
+    *,
+    steps: int,
+    cfg_scale: float = 1.0,
+    interval: Interval = FULL_INTERVAL,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Euler–Maruyama on the reverse SDE (haste_spec.md §5.2): grid linspace(1, 0.04, steps) then 0.
+
+    The score comes from the velocity: with x = αx₀ + σε and v = α̇x₀ + σ̇ε, ε = (αv − α̇x)/(ασ̇ − α̇σ) and
+    s = −ε/σ (for the linear path s = ((t−1)v − x)/t). Diffusion w(t) = 2t, drift d = v − ½·w·s, and
+    x ← x + d·Δt + √w·√|Δt|·ξ; the last interval (0.04 → 0) takes the drift only. Guidance acts on v, which is
+    the same as guiding d (affine in v). ``generator`` (on the noise's device) makes the path reproducible."""
+    grid = [*torch.linspace(1.0, SDE_LAST_TIME, steps, dtype=torch.float64).tolist(), 0.0]
+    x = _state(noise)
+    for i in range(steps):
+        t_now, t_next = grid[i], grid[i + 1]
+        dt = t_next - t_now
+        velocity = _velocity(student, objective, x, t_now, cond, cfg_scale, interval)
+        t = torch.tensor(t_now, dtype=torch.float64)
+        alpha, sigma = (float(c) for c in objective.alpha_sigma(t))
+        d_alpha, d_sigma = (float(c) for c in _rates(objective, t))
+        eps = (alpha * velocity - d_alpha * x) / (alpha * d_sigma - d_alpha * sigma)
+        score = -eps / sigma
+        diffusion = 2 * t_now
+        drift = velocity - 0.5 * diffusion * score
+        x = x + drift * dt
+        if i < steps - 1:
+            xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + math.sqrt(diffusion) * math.sqrt(abs(dt)) * xi
+    return x.to(noise.dtype)
+
+
+@torch.no_grad()
+def sample(
+    student: Student,
+    objective: Objective,
+    noise: Tensor,
+    cond: Any,
+    config: SamplingConfig,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Run the sampler ``config.sampler`` (euler, heun, sde or ddpm) with ``config``'s steps, guidance and
+    interval (ddpm: guidance at every step, so the interval must be the full [0, 1])."""
+    common = {"steps": config.steps, "cfg_scale": config.cfg_scale, "interval": config.guidance_interval}
+    if config.sampler == "sde":
+        return sde_sample(student, objective, noise, cond, generator=generator, **common)
+    if config.sampler in {"euler", "heun"}:
+        return euler_sample(student, objective, noise, cond, heun=config.sampler == "heun", **common)
+    if config.sampler == "ddpm":
+        if config.cfg_scale != 1.0 and config.guidance_interval != FULL_INTERVAL:
+            raise HasteError("the ddpm sampler guides every step; leave guidance_low at 0 and guidance_high at 1")
+        return ddpm_sample(student, objective, noise, cond, steps=config.steps, cfg_scale=config.cfg_scale)
+    raise HasteError(f"unknown sampler {config.sampler!r}; choose euler, heun, sde or ddpm")
 
 
 @torch.no_grad()
@@ -52,10 +184,9 @@ def sample_grid(
     same noise every time (``config.seed``), one column per class when classes are few."""
     spec = dataset.spec
     noise = torch.randn((config.num_images, *spec.x_shape), generator=torch.Generator().manual_seed(config.seed))
-    classes = torch.arange(config.num_images) % max(spec.num_classes, 1)
-    x = euler_sample(
-        student, objective, noise.to(device), classes.to(device), steps=config.steps, cfg_scale=config.cfg_scale
-    )
+    conds = conds_to(dataset.sample_conds(config.num_images), device)
+    generator = torch.Generator(device).manual_seed(config.seed)  # the SDE's noise: the same path every time
+    x = sample(student, objective, noise.to(device), conds, config, generator=generator)
     return make_grid(dataset.to_images(x.float()).cpu(), grid_columns(config.num_images, spec.num_classes))
 
 
@@ -89,3 +220,55 @@ def grid_columns(num_images: int, num_classes: int) -> int:
     if 0 < num_classes <= 16:
         return min(num_classes, num_images)
     return max(1, math.ceil(math.sqrt(num_images)))
+
+
+@torch.no_grad()
+def ddpm_sample(
+    student: Student, objective: Objective, noise: Tensor, cond: Any, *, steps: int, cfg_scale: float = 1.0
+) -> Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020) on ``steps`` evenly spaced indices of the objective's schedule.
+
+    The objective must give ``discrete_schedule()`` (ᾱ_n for n = 0..T−1, index n at t = n/(T−1)), as the
+    ``ddpm`` objective does. With fewer steps than T the chain is respaced as in improved DDPM: ᾱ is kept at
+    the chosen indices and β recomputed between them. The student predicts ε (C channels) or ε and learned-sigma
+    values v (2C channels; log-variance = ((v+1)/2)·log β + (1 − (v+1)/2)·log β̃); without learned sigma the
+    posterior variance β̃ is used. Guidance mixes ε only; the variance comes from the conditional prediction.
+    """
+    schedule = getattr(objective, "discrete_schedule", None)
+    if schedule is None:
+        raise HasteError(
+            f"the ddpm sampler needs an objective with a discrete schedule (objective: ddpm); "
+            f"{type(objective).__name__} has none: use the euler sampler"
+        )
+    alpha_bar_all = schedule().to(torch.float64)
+    total = len(alpha_bar_all)
+    if not 1 <= steps <= total:
+        raise HasteError(f"the ddpm sampler takes 1..{total} steps for this schedule, got {steps}")
+    chosen = torch.linspace(0, total - 1, steps, dtype=torch.float64).round().long()
+    alpha_bar = alpha_bar_all[chosen]
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+    betas = 1.0 - alpha_bar / previous
+    posterior_var = betas * (1.0 - previous) / (1.0 - alpha_bar)
+    log_var_small = torch.log(torch.cat([posterior_var[1:2] if steps > 1 else betas[:1], posterior_var[1:]]))
+    coef_x0 = betas * previous.sqrt() / (1.0 - alpha_bar)
+    coef_xt = (1.0 - previous) * (1.0 - betas).sqrt() / (1.0 - alpha_bar)
+    x, channels = noise, noise.shape[1]
+    for i in reversed(range(steps)):
+        t = torch.full((x.shape[0],), chosen[i].item() / (total - 1), device=x.device)
+        if cfg_scale == 1.0:
+            pred = student(x, t, cond).pred
+        else:
+            both = student(torch.cat([x, x]), torch.cat([t, t]), cat_conds(cond, student.null_cond(cond))).pred
+            pred, unconditional = both.chunk(2)
+            eps = unconditional[:, :channels] + cfg_scale * (pred[:, :channels] - unconditional[:, :channels])
+            pred = torch.cat([eps, pred[:, channels:]], dim=1)
+        eps = pred[:, :channels].float()
+        if pred.shape[1] == 2 * channels:
+            frac = (pred[:, channels:].float() + 1) / 2
+            log_var = frac * math.log(betas[i].item()) + (1 - frac) * log_var_small[i].item()
+        else:
+            log_var = torch.full_like(eps, log_var_small[i].item())
+        x0 = (x.float() - math.sqrt(1.0 - alpha_bar[i].item()) * eps) / math.sqrt(alpha_bar[i].item())
+        mean = coef_x0[i].item() * x0 + coef_xt[i].item() * x.float()
+        x = (mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) if i > 0 else mean).to(noise.dtype)
+    return x

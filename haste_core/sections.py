@@ -23,6 +23,7 @@ class RunConfig:
     keep_checkpoints: int = 3  # step_*.pt files kept besides latest.pt; 0 keeps all
     sample_every: int = 0  # steps between sample grids; 0: only at the end
     resume: str = "auto"  # auto: continue from latest.pt if present; never; or a checkpoint path
+    init_from: str = ""  # a fresh run starts from these student (and EMA, repa projector) weights; see docs/students.md
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
@@ -38,6 +39,11 @@ class RunConfig:
             raise RecipeError(
                 f"checkpoint {self.resume!r} does not exist; give 'auto', 'never' or the path of a .pt file",
                 "resume",
+            )
+        if self.init_from and not Path(self.init_from).is_file():
+            raise RecipeError(
+                f"checkpoint {self.init_from!r} does not exist; give a REPA/HASTE/DiT checkpoint or a haste .pt file",
+                "init_from",
             )
         if self.device == "cuda":
             import torch
@@ -82,12 +88,44 @@ class PrecisionConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class SamplingConfig:
-    sampler: Literal["euler"] = "euler"  # Euler ODE on the probability-flow velocity
+    sampler: Literal["euler", "heun", "sde", "ddpm"] = "euler"  # ODE Euler/Heun, Euler–Maruyama SDE, DDPM ancestral
     steps: int = 50
     cfg_scale: float = 1.0  # classifier-free guidance; 1 disables it
+    guidance_low: float = 0.0  # guidance only for t in [guidance_low, guidance_high] (t = 1 is noise)
+    guidance_high: float = 1.0  # REPA best: 0.7, HASTE best: 0.72 (haste_spec.md §5.6)
     num_images: int = 64  # images per grid; class i % num_classes for image i
     seed: int = 0  # the same noise at every grid, so grids are comparable over training
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.num_images < 1:
             raise RecipeError("steps and num_images must be at least 1")
+        if not 0.0 <= self.guidance_low <= self.guidance_high <= 1.0:
+            raise RecipeError(
+                f"need 0 <= guidance_low <= guidance_high <= 1, got [{self.guidance_low}, {self.guidance_high}]",
+                "guidance_low",
+            )
+
+    @property
+    def guidance_interval(self) -> tuple[float, float]:
+        return (self.guidance_low, self.guidance_high)
+
+
+@dataclass(kw_only=True, frozen=True)
+class EvalConfig:
+    every: int = 0  # steps between in-training FID evaluations (and at the last step); 0: none
+    num_samples: int = 1000  # FID-k: images drawn from the EMA student, split over the processes
+    reference: str = ""  # ADM .npz (arr_0: uint8 N×H×W×3) of real images; needed when every > 0
+    inception: str = ""  # pt_inception-2015-12-05-6726825d.pth; empty: the haste or torch.hub cache
+    batch: int = 64  # images per process per sampler call
+    # the sampler, its steps, guidance and interval are the `sampling` section's; labels are class-balanced
+
+    def __post_init__(self) -> None:
+        for key in ("every", "num_samples", "batch"):
+            if getattr(self, key) < (0 if key == "every" else 2):
+                raise RecipeError(f"must be at least {0 if key == 'every' else 2}, got {getattr(self, key)}", key)
+        if self.every and not Path(self.reference).is_file():
+            raise RecipeError(
+                f"reference {self.reference!r} does not exist; give an ADM-layout .npz of real images "
+                "(e.g. VIRTUAL_imagenet256_labeled.npz), or set eval.every=0",
+                "reference",
+            )

@@ -34,7 +34,7 @@ from haste_core.interfaces import (
 from haste_core.registry import Entry
 
 SMALL_DATA = DataSpec(x_shape=(4, 16, 16), image_shape=(3, 16, 16), num_classes=10, num_items=64)
-MAX_REAL_PARAMS = 50_000_000  # bigger students are checked on the meta device (shapes only)
+MAX_REAL_PARAMS = 50_000_000  # bigger students and teachers are checked on the meta device (shapes only)
 
 
 def _entry(component: Entry | type) -> Entry:
@@ -45,10 +45,28 @@ def _describe(entry: Entry, config: Any, **specs: Any) -> Any:
     return entry.cls.describe(config, **specs, **entry.fixed)
 
 
-def check_student(component: Entry | type, *, data: DataSpec = SMALL_DATA, batch: int = 2) -> Student:
-    """Shapes, capture of every block, capture not changing the prediction, gradients, null condition."""
+def example_cond(data: DataSpec, batch: int, generator: torch.Generator) -> Tensor | dict[str, Tensor]:
+    """A batch of conditions for ``data``: class ids, or random caption embeddings with some padding."""
+    if not data.text_dim:
+        return torch.arange(batch) % max(data.num_classes, 1)
+    mask = torch.ones(batch, data.text_len, dtype=torch.bool)
+    mask[0, data.text_len // 2 :] = False  # the first caption is padded after half its tokens
+    cond = {"text": torch.randn((batch, data.text_len, data.text_dim), generator=generator), "text_mask": mask}
+    if data.pooled_dim:
+        cond["pooled"] = torch.randn((batch, data.pooled_dim), generator=generator)
+    return cond
+
+
+def _to(cond: Any, device: torch.device) -> Any:
+    return {k: v.to(device) for k, v in cond.items()} if isinstance(cond, dict) else cond.to(device)
+
+
+def check_student(component: Entry | type, *, data: DataSpec | None = None, batch: int = 2) -> Student:
+    """Shapes, zero output at init (adaLN-Zero students), capture of every block, capture not changing the
+    prediction, gradients to every parameter (conditional and null-conditional passes), null condition."""
     entry = _entry(component)
     config = entry.cls.example_config()
+    data = data or entry.cls.example_data()
     spec: StudentSpec = _describe(entry, config, data=data)
     with torch.device("meta"):
         meta_model = entry.build(config, data=data)
@@ -64,7 +82,7 @@ def check_student(component: Entry | type, *, data: DataSpec = SMALL_DATA, batch
     generator = torch.Generator().manual_seed(0)
     x_t = torch.randn((batch, *data.x_shape), generator=generator).to(device)
     t = torch.rand(batch, generator=generator).to(device)
-    cond = (torch.arange(batch) % max(data.num_classes, 1)).to(device)
+    cond = _to(example_cond(data, batch, generator), device)
     every = frozenset(range(spec.depth))
     model.eval()
     with torch.no_grad():
@@ -72,8 +90,9 @@ def check_student(component: Entry | type, *, data: DataSpec = SMALL_DATA, batch
         captured = model(x_t, t, cond, capture=Capture(hidden=every, attn=every))
     tokens = spec.grid * spec.grid
     assert isinstance(plain, StudentOutput), f"{entry.name}.forward must return a StudentOutput"
-    assert plain.pred.shape == x_t.shape, (
-        f"{entry.name}: pred has shape {tuple(plain.pred.shape)}, x_t {tuple(x_t.shape)}"
+    channels = data.x_shape[0] * (2 if model.learn_sigma else 1)
+    assert plain.pred.shape == (batch, channels, *data.x_shape[1:]), (
+        f"{entry.name}: pred has shape {tuple(plain.pred.shape)} for x_t {tuple(x_t.shape)}; want {channels} channels"
     )
     assert not plain.hidden and not plain.attn_logits, f"{entry.name}: returned captures that were not asked for"
     assert set(captured.hidden) == every and set(captured.attn_logits) == every, (
@@ -84,9 +103,17 @@ def check_student(component: Entry | type, *, data: DataSpec = SMALL_DATA, batch
         assert captured.attn_logits[index].shape == (batch, spec.num_heads, tokens, tokens), (
             f"{entry.name}: attn_logits[{index}] shape"
         )
-    assert model.null_cond(cond).shape == cond.shape, f"{entry.name}: null_cond changes the shape of cond"
+    null = model.null_cond(cond)
+    if isinstance(cond, dict):
+        assert {k: v.shape for k, v in null.items()} == {k: v.shape for k, v in cond.items()}, (
+            f"{entry.name}: null_cond changes the layout of cond"
+        )
+    else:
+        assert null.shape == cond.shape, f"{entry.name}: null_cond changes the shape of cond"
     if on_meta:
         return model
+    if model.zero_init:
+        assert not plain.pred.any(), f"{entry.name} says zero_init but predicts non-zero values at initialisation"
     _scramble(model)  # zero-initialised gates would hide any difference between the two paths
     with torch.no_grad():
         plain = model(x_t, t, cond).pred
@@ -95,7 +122,9 @@ def check_student(component: Entry | type, *, data: DataSpec = SMALL_DATA, batch
     assert torch.allclose(plain, captured, atol=1e-5), f"{entry.name}: capturing changes the prediction"
     model.train()
     out = model(x_t, t, cond, capture=Capture(hidden=every))
-    (out.pred.square().mean() + sum(h.square().mean() for h in out.hidden.values())).backward()
+    unconditional = model(x_t, t, model.null_cond(cond)).pred
+    loss = out.pred.square().mean() + unconditional.square().mean()
+    (loss + sum(h.square().mean() for h in out.hidden.values())).backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert not missing, f"{entry.name}: no gradient reaches {missing[:3]}"
     return model
@@ -116,7 +145,8 @@ def check_teacher(
     student: StudentSpec | None = None,
     batch: int = 2,
 ) -> Teacher:
-    """Frozen and in eval mode, patch-token and attention shapes for every block, no gradients."""
+    """Frozen and in eval mode, patch-token and attention shapes for every block, no gradients, capture not
+    changing the tokens. Big teachers (over ``MAX_REAL_PARAMS`` parameters) are checked on the meta device."""
     entry = _entry(component)
     config = entry.cls.example_config()
     if data is None:
@@ -124,30 +154,39 @@ def check_teacher(
     if student is None:
         student = StudentSpec(name="student", depth=4, hidden_size=64, num_heads=4, grid=4)
     spec: TeacherSpec = _describe(entry, config, data=data, student=student)
-    teacher = entry.build(config, data=data, student=student, resolve_weights=lambda kind, name: None)
+    no_plugin = lambda kind, name: None  # noqa: E731
+    with torch.device("meta"):
+        meta_teacher = entry.build(config, data=data, student=student, resolve_weights=no_plugin)
+    on_meta = sum(p.numel() for p in meta_teacher.parameters()) > MAX_REAL_PARAMS
+    teacher = meta_teacher if on_meta else entry.build(config, data=data, student=student, resolve_weights=no_plugin)
     assert isinstance(teacher, Teacher), f"{entry.name} builds a {type(teacher).__name__}, not a Teacher"
     assert not teacher.training, f"{entry.name} must be in eval mode after construction"
     assert not any(p.requires_grad for p in teacher.parameters()), f"{entry.name} must be frozen (requires_grad False)"
     images = torch.randint(
         0, 256, (batch, *data.image_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-    )
+    ).to("meta" if on_meta else "cpu")
     every = frozenset(range(spec.depth))
     out = teacher.encode(images, every | {-1}, every)
     assert isinstance(out, TeacherOutput), f"{entry.name}.encode must return a TeacherOutput"
-    tokens = spec.grid * spec.grid
+    tokens, maps = spec.token_grid * spec.token_grid, spec.grid * spec.grid
     for index in every | {-1}:
         assert out.tokens[index].shape == (batch, tokens, spec.embed_dim), (
             f"{entry.name}: tokens[{index}] has shape {tuple(out.tokens[index].shape)}"
         )
         assert not out.tokens[index].requires_grad, f"{entry.name}: tokens[{index}] carry gradients"
     for index in every:
-        assert out.attn_logits[index].shape == (batch, spec.num_heads, tokens, tokens), (
+        assert out.attn_logits[index].shape == (batch, spec.num_heads, maps, maps), (
             f"{entry.name}: attn_logits[{index}] shape"
         )
+        assert not out.attn_logits[index].requires_grad, f"{entry.name}: attn_logits[{index}] carry gradients"
     only_last = teacher.encode(images, frozenset({-1}), frozenset())
     assert set(only_last.tokens) == {-1} and not only_last.attn_logits, (
         f"{entry.name}: returned blocks that were not asked for"
     )
+    if not on_meta:
+        assert torch.allclose(only_last.tokens[-1], out.tokens[-1], atol=1e-5), (
+            f"{entry.name}: capturing attention changes the final tokens"
+        )
     return teacher
 
 
@@ -196,15 +235,25 @@ def check_alignment(
 
 
 def check_termination(component: Entry | type, *, steps: int = 50) -> Termination:
-    """Decisions are Fired or None, and a policy restored from its state_dict decides like the original."""
+    """Decisions are Fired or None, a policy restored from its state_dict decides like the original, weight
+    scales lie in [0, 1] and the probe interval is a non-negative integer."""
     entry = _entry(component)
     config = entry.cls.example_config()
 
     def metrics(step: int) -> dict[str, Tensor]:
-        return {"loss/denoise": torch.tensor(1.0 / step), "loss/total": torch.tensor(2.0 / step)}
+        return {
+            "loss/denoise": torch.tensor(1.0 / step),
+            "loss/total": torch.tensor(2.0 / step),
+            "data/epoch": torch.tensor(step / 10),  # the trainer passes completed epochs too
+        }
 
     straight = entry.build(config)
     assert isinstance(straight, Termination), f"{entry.name} builds a {type(straight).__name__}, not a Termination"
+    straight.bind(["align"])
+    every = straight.probe_every
+    assert isinstance(every, int) and every >= 0, f"{entry.name}: probe_every must be an int >= 0, got {every!r}"
+    scales = [straight.weight_scale(step) for step in range(1, steps + 1)]
+    assert all(0.0 <= s <= 1.0 for s in scales), f"{entry.name}: weight_scale must lie in [0, 1], got {scales}"
     resumed = entry.build(config)
     decisions, replayed = [], []
     for step in range(1, steps + 1):
@@ -212,6 +261,7 @@ def check_termination(component: Entry | type, *, steps: int = 50) -> Terminatio
         if step == steps // 2:
             state = straight.state_dict()
             resumed = entry.build(config)
+            resumed.bind(["align"])
             resumed.load_state_dict(state)
         elif step > steps // 2:
             replayed.append(resumed.update(step, metrics(step)) is not None)
@@ -232,7 +282,7 @@ def check_objective(component: Entry | type, *, batch: int = 8) -> Objective:
     )
     alpha, sigma = objective.alpha_sigma(torch.tensor([0.0, 1.0]))
     assert alpha[0] > alpha[1] and sigma[0] < sigma[1], f"{entry.name}: t = 0 must be data and t = 1 noise"
-    loss = objective.loss(pair.target + 0.1, pair.target)
+    loss = objective.loss(pair.target + 0.1, pair)
     assert loss.shape == () and loss.dtype == torch.float32 and loss > 0, (
         f"{entry.name}: loss must be a positive fp32 scalar"
     )

@@ -7,6 +7,10 @@ When an alignment's policy fires, that alignment, its heads and its optimiser st
 wrapper is rebuilt; when the last one stops (Phase II), the teachers are deleted, the student stops capturing
 and the data set is told that images are no longer needed. From then on a step costs what a step without
 alignment costs. A run resumed after that point never builds a teacher.
+
+Termination policies may also shape Phase I (docs/termination.md): before each step the plan's weight scales
+(``fade``) are set on the training module as plain floats, and every M steps, only when a policy asks for it,
+the gradient probe (``haste_core/probe.py``) measures the per-term gradients outside DDP.
 """
 
 from __future__ import annotations
@@ -20,17 +24,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from haste_core import checkpoint, distributed
+from haste_core import checkpoint, distributed, probe
 from haste_core.data import DataStream
 from haste_core.distributed import DistEnv
 from haste_core.ema import EMA
 from haste_core.errors import HasteError
-from haste_core.interfaces import Alignment, Capture, Objective, RunContext, Student, Teacher, TeacherOutput
+from haste_core.interfaces import (
+    Alignment,
+    Capture,
+    Objective,
+    RunContext,
+    Student,
+    Teacher,
+    TeacherOutput,
+    TrainingPair,
+)
 from haste_core.metrics import BYTES_PER_MB, MetricWindow, format_metrics, non_finite
 from haste_core.phase import PhasePlan, Stop
 from haste_core.plugins import Plugins
 from haste_core.recipe import Recipe
 from haste_core.sampling import sample_grid, save_png
+from haste_core.students import import_checkpoint, read_checkpoint
 
 log = logging.getLogger("haste")
 
@@ -58,16 +72,17 @@ class TrainStep(nn.Module):
         for alignment in alignments.values():
             capture = capture | alignment.student_capture()
         self.capture = capture or None  # None: pure fused attention everywhere
+        self.scales: dict[str, float] = {}  # label -> factor on its weight this step (fade); set by the trainer
 
     def forward(
         self, x_t: Tensor, t: Tensor, cond: Tensor, target: Tensor, teacher_outputs: dict[str, TeacherOutput]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.student(x_t, t, cond, capture=self.capture)
-        denoise = self.objective.loss(out.pred, target)
+        denoise = self.objective.loss(out.pred, TrainingPair(x_t=x_t, t=t, target=target))
         total, parts = denoise, {"loss/denoise": denoise}
         for label, alignment in self.alignments.items():
             loss, extra = alignment(out, teacher_outputs[self.teacher_of[label]])
-            total = total + self.weights[label] * loss
+            total = total + self.weights[label] * self.scales.get(label, 1.0) * loss
             parts[f"align/{label}"] = loss
             parts.update({f"align/{label}/{key}": value for key, value in extra.items()})
         parts["loss/total"] = total
@@ -98,6 +113,8 @@ class Trainer:
             .to(device)
             for label in self.plan.active
         }
+        if state is None and recipe.run.init_from:
+            self._init_from(recipe.run.init_from)
         self.teachers: dict[str, Teacher] = {}
         for key in self._needed_teachers():
             with distributed.rank_zero_first():  # a teacher may fill a cache (weights, a self-trained model)
@@ -134,6 +151,12 @@ class Trainer:
             self.dataset.set_images_needed(False)
         self.module = self._wrap()
         self.window = MetricWindow(device, recipe.data.global_batch_size)
+        self.evaluator = None  # in-training FID (recipe section `eval`), built only when asked for
+        if recipe.eval.every:
+            from haste_core.train_eval import FIDEvaluator
+
+            self.evaluator = FIDEvaluator(recipe.eval, recipe.sampling, env)
+        self._probe_log: dict[str, float] = {}  # the last gradient probe's health figures, logged once
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.run = RunContext(
             recipe=recipe,
@@ -173,12 +196,16 @@ class Trainer:
 
     def train_step(self) -> None:
         """One optimiser step, then everything that follows it (policies, logging, saving, sampling)."""
-        batch = next(self.stream)
+        batch = self.dataset.finish_batch(next(self.stream))
+        step_module = distributed.unwrap(self.module)
+        step_module.scales = self.plan.weight_scales(self.step + 1)
         with self._autocast():
             teacher_outputs = self._encode_teachers(batch["image"]) if self.teachers else {}
             pair = self.objective.training_pair(batch["x"])
-            total, parts = self.module(pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs)
-        del teacher_outputs
+            args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs)
+            probed = self._probe(step_module, args)
+            total, parts = self.module(*args)
+        del teacher_outputs, args
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         if self.recipe.optimizer.grad_clip:
@@ -194,7 +221,10 @@ class Trainer:
         self.run.step = self.step
 
         values = {key: value.detach() for key, value in parts.items()}
-        stops = self.plan.update(self.step, values)
+        stops = self.plan.update(self.step, {**values, **probed, "data/epoch": self._epochs_done()})
+        for event in self.plan.watched_now:
+            if self.env.is_main:
+                log.info(f"step {event.step}: watch policy '{event.name}' would stop alignment now ({event.reason})")
         finite = torch.isfinite(grad_norm)  # not finite: an fp16 step the gradient scaler skipped
         values["optim/grad_norm"] = torch.where(finite, grad_norm, 0.0)
         if self.scaler.is_enabled():
@@ -209,7 +239,11 @@ class Trainer:
         metrics: dict[str, float] = {}
         if stops or last or self.step % run.log_every == 0:  # a window never straddles a phase change
             metrics = self._collect_metrics(stops)
+        if self.evaluator is not None and self.evaluator.due(self.step, last):
+            metrics = {**metrics, **self._evaluate()}
         self.plugins.step_end(self.run, self.step, metrics)
+        if metrics and self.alignments:
+            self._histograms()
         if stops:
             self._timed(lambda: self._terminate(stops))
         if last or (run.sample_every and self.step % run.sample_every == 0):
@@ -257,6 +291,43 @@ class Trainer:
                 return
 
     # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _init_from(self, path: str) -> None:
+        """A fresh run starts from a checkpoint's weights: live → student, EMA → EMA, projector → repa."""
+        published = read_checkpoint(path)
+        repa = next((a for label, a in self.alignments.items() if self.nodes[label].name == "repa"), None)
+        name = self.recipe.student.name
+        import_checkpoint(published, self.student, weights="model", projector=repa, name=name)
+        import_checkpoint(published, self.ema.model, weights="ema", name=name)
+        log.info(f"initialised {name} from {path} ({published.layout} layout)")
+
+    def _probe(self, step_module: TrainStep, args: tuple[Any, ...]) -> dict[str, Tensor]:
+        """The gradient probe (``haste_core.probe``) when a policy asks for it at this step; its time is logged as
+        ``perf/probe_s`` and left out of ``perf/step_s``."""
+        every = self.plan.probe_every()
+        if not every or not self.plan.active or (self.step + 1) % every:
+            return {}
+        started = time.perf_counter()
+        weights = {label: step_module.weights[label] * step_module.scales.get(label, 1.0) for label in self.plan.active}
+        result = probe.measure(step_module, args, weights, self.env.device)
+        self._probe_log = probe.health(result)  # reads the values: the device is synchronised here
+        seconds = time.perf_counter() - started
+        self._probe_log["perf/probe_s"] = seconds
+        self.window.exclude(seconds)
+        return result
+
+    def _histograms(self) -> None:
+        histograms = {
+            f"align/{label}/{name}": values
+            for label, alignment in self.alignments.items()
+            for name, values in alignment.histograms().items()
+        }
+        if histograms:
+            self.plugins.histograms(self.run, self.step, histograms)
+
+    def _epochs_done(self) -> Tensor:
+        """Completed epochs of the training stream (a CPU float; no device sync), for ``fixed_epoch``."""
+        return torch.tensor(self.stream.epoch + self.stream.batch / self.stream.sampler.batches_per_epoch)
 
     def _needed_teachers(self) -> list[str]:
         return sorted({self.nodes[label].teacher for label in self.plan.active})
@@ -316,6 +387,10 @@ class Trainer:
             metrics["optim/grad_norm"] /= 1.0 - skipped  # the mean over the steps that were taken
         for stop in stops:
             metrics[f"termination/fired/{stop.alignment}"] = float(stop.step)
+        metrics.update(self._probe_log)
+        self._probe_log = {}
+        for name, step in self.plan.take_unlogged().items():
+            metrics[f"termination/would_fire/{name}"] = float(step)
         if stops and not self.plan.active:
             metrics["termination/fired"] = float(self.step)
         bad = non_finite({key: value for key, value in metrics.items() if key.startswith(("loss/", "align/"))})
@@ -376,6 +451,16 @@ class Trainer:
             log.info(f"step {self.step}: saved {path}")
         distributed.barrier()
         self.plugins.checkpoint_saved(self.run, self.step, path)
+
+    def _evaluate(self) -> dict[str, float]:
+        """FID-k of the EMA student (every rank draws its share); its time is not counted as training time."""
+        started = time.perf_counter()
+        with self._autocast():
+            metrics = self.evaluator.evaluate(self.ema.model, self.objective, self.dataset)
+        self.window.exclude(time.perf_counter() - started)
+        if self.env.is_main:
+            log.info(f"step {self.step}: eval/fid {metrics['eval/fid']:.3f}")
+        return metrics
 
     def sample(self) -> None:
         """A grid from the EMA student (eval mode), with the same noise every time, drawn by rank 0."""

@@ -8,6 +8,8 @@ import pytest
 import torch
 from haste_objectives.flow import Flow
 
+from haste_core.interfaces import TrainingPair
+
 
 def test_linear_path_target_is_noise_minus_data():
     objective = Flow(Flow.Config(path="linear"))
@@ -51,5 +53,5 @@ def test_loss_is_mean_squared_error_in_fp32():
     objective = Flow(Flow.Config())
     pred = torch.zeros(2, 1, 2, 2, dtype=torch.bfloat16)
     target = torch.full((2, 1, 2, 2), 3.0, dtype=torch.bfloat16)
-    loss = objective.loss(pred, target)
+    loss = objective.loss(pred, TrainingPair(x_t=target, t=torch.zeros(2), target=target))
     assert loss.dtype == torch.float32 and loss.item() == 9.0

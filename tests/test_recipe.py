@@ -60,11 +60,12 @@ def test_overrides_are_parsed_as_yaml_and_checked(tiny):
         ),
         (
             ["student.name=sit_xxl_2"],
-            "student.name: unknown student 'sit_xxl_2' (did you mean 'sit_xl_2'?); available: sit_b_2,",
+            "student.name: unknown student 'sit_xxl_2' (did you mean 'sit_xl_2'?); available: dit_b_2,",
         ),
         (
             ["alignment.1.pair=[[1, 2]]"],
-            "alignment[1].pair: unknown key 'pair' (did you mean 'pairs'?); valid keys: heads, pairs",
+            "alignment[1].pair: unknown key 'pair' (did you mean 'pairs'?); valid keys: chunk_elements, heads, kind, "
+            "pair_weights, pairs, query_fraction, temperature",
         ),
         (["optimizer.lr=fast"], "optimizer.lr: expected a number, got str 'fast'"),
         (["run.max_steps=2.5"], "run.max_steps: expected an integer, got float 2.5"),

@@ -4,6 +4,8 @@ loss = −mean over samples and tokens of cos(projector(h), z), where h are the 
 ``student_block`` (B×N×D) and z the teacher's tokens of ``teacher_block`` (B×N×D_t, -1 = final normalised
 tokens). The projector (Linear D→P, SiLU, Linear P→P, SiLU, Linear P→D_t) belongs to this alignment, not to the
 student, and is dropped with it at termination. Normalisation and the cosine are computed in fp32.
+``histograms()`` gives the per-token cosines of the last batch (``align/<label>/cosine`` in TensorBoard: a mass
+near 1 means the projected tokens match the teacher's).
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ class REPA(Alignment):
                 f"0..{teacher.depth - 1}, and -1 for its final normalised tokens)",
                 "teacher_block",
             )
-        if student.grid != teacher.grid:
+        if student.grid != teacher.token_grid:
             raise RecipeError(
                 f"token grids differ: {student.name} has {student.grid}×{student.grid} tokens, {teacher.name} "
-                f"{teacher.grid}×{teacher.grid}; choose a student patch size that gives the teacher's grid"
+                f"{teacher.token_grid}×{teacher.token_grid}; choose a student patch size that gives the teacher's grid"
             )
 
     def __init__(self, config: Config, *, student: StudentSpec, teacher: TeacherSpec) -> None:
@@ -81,7 +83,13 @@ class REPA(Alignment):
         projected_BND = self.projector(student.hidden[self.config.student_block])
         target_BND = teacher.tokens[self.config.teacher_block]
         cosine_BN = (F.normalize(projected_BND.float(), dim=-1) * F.normalize(target_BND.float(), dim=-1)).sum(-1)
+        self._last_cosine = cosine_BN.detach()
         return -cosine_BN.mean(), {}
+
+    def histograms(self) -> dict[str, Tensor]:
+        """The per-token cosine similarities of the last batch (B·N values in [-1, 1])."""
+        cosine = getattr(self, "_last_cosine", None)
+        return {} if cosine is None else {"cosine": cosine.flatten()}
 
 
 @hookimpl

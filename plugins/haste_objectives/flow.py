@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from haste_core import hookimpl
-from haste_core.errors import RecipeError
+from haste_core.errors import HasteError, RecipeError
 from haste_core.interfaces import Objective, TrainingPair
 from haste_core.registry import Registry
 
@@ -60,9 +60,14 @@ class Flow(Objective):
         d_alpha, d_sigma = (c.view(shape).to(x0.dtype) for c in self.alpha_sigma_rates(t))
         return TrainingPair(x_t=alpha * x0 + sigma * noise, t=t, target=d_alpha * x0 + d_sigma * noise)
 
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+    def loss(self, pred: Tensor, pair: TrainingPair) -> Tensor:
         """Mean squared error, per sample over C×H×W, then over the batch, in fp32."""
-        return (pred.float() - target.float()).pow(2).mean()
+        if pred.shape != pair.target.shape:
+            raise HasteError(
+                f"flow needs predictions of the data's shape {tuple(pair.target.shape[1:])}, the student gave "
+                f"{tuple(pred.shape[1:])}; a learned-sigma student (dit_* with learn_sigma: true) needs objective ddpm"
+            )
+        return (pred.float() - pair.target.float()).pow(2).mean()
 
     def velocity(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         return pred

@@ -8,6 +8,7 @@ output tokens and pre-softmax attention logits of the blocks named in ``capture`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +49,14 @@ SIZES = {**CPU_SIZES, **PUBLISHED_SIZES}
 
 
 class SiT(Student):
-    """SiT: patch embedding + fixed sin-cos positions, adaLN-Zero blocks conditioned on time and class."""
+    """SiT: patch embedding + fixed sin-cos positions, adaLN-Zero blocks conditioned on time and class.
+
+    Subclasses (DiT) change the registered family name, the output channels (``learn_sigma``) and the scale of
+    t fed to the timestep embedder (``time_scale``).
+    """
+
+    family: ClassVar[str] = "sit"
+    zero_init = True
 
     @dataclass(kw_only=True, frozen=True)
     class Config:
@@ -63,6 +71,10 @@ class SiT(Student):
     @classmethod
     def describe(cls, config: Config, *, data: DataSpec, arch: SiTArch) -> StudentSpec:
         _, height, width = data.x_shape
+        if data.text_dim:
+            raise RecipeError(
+                f"{cls.family} is class-conditional but the data gives text embeddings; use an mmdit_* student"
+            )
         if height != width or height % arch.patch_size:
             raise RecipeError(
                 f"needs square inputs whose side divides by the patch size {arch.patch_size}; "
@@ -76,10 +88,10 @@ class SiT(Student):
             grid=height // arch.patch_size,
         )
 
-    @staticmethod
-    def registered_name(arch: SiTArch) -> str:
+    @classmethod
+    def registered_name(cls, arch: SiTArch) -> str:
         size = next(k for k, v in SIZES.items() if v == (arch.depth, arch.hidden_size, arch.num_heads))
-        return f"sit_{size}_{arch.patch_size}"
+        return f"{cls.family}_{size}_{arch.patch_size}"
 
     def __init__(self, config: Config, *, arch: SiTArch, data: DataSpec) -> None:
         super().__init__()
@@ -101,13 +113,16 @@ class SiT(Student):
         self.blocks = nn.ModuleList(
             AdaLNBlock(arch.hidden_size, arch.num_heads, config.mlp_ratio, config.qk_norm) for _ in range(arch.depth)
         )
-        self.final_layer = FinalLayer(arch.hidden_size, arch.patch_size, self.channels)
+        self.learn_sigma = bool(getattr(config, "learn_sigma", False))
+        self.time_scale = float(getattr(config, "time_scale", 1.0))
+        self.out_channels = self.channels * (2 if self.learn_sigma else 1)
+        self.final_layer = FinalLayer(arch.hidden_size, arch.patch_size, self.out_channels)
         init_dit_weights(self)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, capture: Capture | None = None) -> StudentOutput:
         capture = capture or Capture()
         x_BND = self.x_embedder(x_t) + self.pos_embed
-        c_BD = self.t_embedder(t)
+        c_BD = self.t_embedder(t if self.time_scale == 1.0 else t * self.time_scale)
         if self.y_embedder is not None:
             c_BD = c_BD + self.y_embedder(cond)
         out = StudentOutput(pred=x_t)
@@ -117,7 +132,7 @@ class SiT(Student):
                 out.attn_logits[index] = logits
             if index in capture.hidden:
                 out.hidden[index] = x_BND
-        out.pred = unpatchify(self.final_layer(x_BND, c_BD), self.patch_size, self.channels)
+        out.pred = unpatchify(self.final_layer(x_BND, c_BD), self.patch_size, self.out_channels)
         return out
 
     def null_cond(self, cond: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ Event files go to ``<run_dir>/tensorboard/``. Scalars are the tags of the ``metr
 receives (``loss/total``, ``loss/denoise``, ``align/<label>``, ``align/active``, ``optim/lr``,
 ``optim/grad_norm``, ``perf/step_s``, ``perf/samples_per_s``, ``perf/peak_mem_mb``, ``termination/fired``),
 already averaged over steps and ranks; the resolved recipe and termination events are text; sample grids are
-images under ``samples/ema``. Block it with ``HASTE_BLOCK_PLUGINS=monitor.tensorboard``.
+images under ``samples/ema``; alignment distributions (``haste_histograms``, e.g. ``align/repa/cosine``) are
+histograms of rank 0's values. Block it with ``HASTE_BLOCK_PLUGINS=monitor.tensorboard``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def haste_step_end(run: RunContext, step: int, metrics: dict[str, float]) -> Non
         return
     for tag, value in metrics.items():
         writer.add_scalar(tag, value, global_step=step)
+
+
+@hookimpl
+def haste_histograms(run: RunContext, step: int, histograms: dict[str, Any]) -> None:
+    writer = _writers.get(run.run_dir)
+    if writer is None:
+        return
+    for tag, values in histograms.items():
+        writer.add_histogram(tag, values.detach().float().cpu(), global_step=step)
 
 
 @hookimpl

@@ -1,0 +1,61 @@
+"""Export EMA student weights: ``python -m haste_core.export RUN_OR_CKPT out.safetensors``.
+
+RUN_OR_CKPT is a run folder (its ``checkpoints/latest.pt`` is used), a haste checkpoint, or a REPA/HASTE/DiT
+checkpoint (``haste_core.students.read_checkpoint``). Only the student's EMA weights are written (no optimiser,
+no projector, no teacher), as safetensors, with the source and student name in the file's metadata; they load
+back with ``safetensors.torch.load_file`` and ``student.load_state_dict``. Exit status 2 on a bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from haste_core import checkpoint
+from haste_core.errors import HasteError
+from haste_core.students import read_checkpoint
+
+USAGE = "usage: python -m haste_core.export RUN_FOLDER_OR_CHECKPOINT OUT.safetensors"
+EXPORT_FORMAT = "haste-student/1"
+
+
+def export(source: str | Path, out: str | Path) -> Path:
+    """Write the EMA student weights of ``source`` (run folder or checkpoint file) to ``out``; returns ``out``."""
+    from safetensors.torch import save_file
+
+    source, out = Path(source), Path(out)
+    if source.is_dir():
+        latest = checkpoint.latest_path(source)
+        if not latest.is_file():
+            raise HasteError(f"{source} is a folder without {latest.relative_to(source)}; is it a run folder?")
+        source = latest
+    if out.suffix != ".safetensors":
+        raise HasteError(f"the output must be a .safetensors file, got {out}")
+    published = read_checkpoint(source)
+    weights = {key: value.contiguous() for key, value in published.weights("ema").items()}
+    metadata = {"format": EXPORT_FORMAT, "source": str(source), "layout": published.layout}
+    if published.student_name:
+        metadata["student"] = published.student_name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp")
+    save_file(weights, str(temporary), metadata=metadata)
+    temporary.replace(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        out = export(args[0], args[1])
+    except HasteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote EMA student weights to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

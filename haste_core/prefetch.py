@@ -1,0 +1,88 @@
+"""Fetch every pretrained weight a recipe needs into the caches, or report what is missing.
+
+    python -m haste_core.prefetch RECIPE.yaml [key.path=value ...] [--check]
+
+For clusters whose login node has internet and whose compute nodes do not: run it on the login node (it stores
+the files in the Hugging Face cache, ``HF_HUB_CACHE`` / ``$HF_HOME/hub``), then train on the compute nodes with
+``HF_HUB_OFFLINE=1``. ``--check`` downloads nothing and exits 1 if something is missing. Components name their
+hub files with a ``hub_files(config, **fixed)`` class method; a ``haste_resolve_weights`` plugin's answer, or a
+weights file named in the recipe, needs nothing from the hub.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from haste_core import weights
+from haste_core.errors import HasteError
+from haste_core.plugins import Plugins
+from haste_core.recipe import Node, Recipe, load_recipe
+
+USAGE = "usage: python -m haste_core.prefetch RECIPE.yaml [key.path=value ...] [--check]"
+BYTES_PER_MB = 1024 * 1024
+
+
+def needs(recipe: Recipe) -> list[tuple[Node, str]]:
+    """Every component node that may load weights, with its kind for ``haste_resolve_weights``."""
+    return [(recipe.student, "student"), *((node, "teacher") for node in recipe.teachers.values())]
+
+
+def hub_files(node: Node) -> list[weights.HubFile]:
+    method = getattr(node.entry.cls, "hub_files", None)
+    return list(method(node.config, **node.entry.fixed)) if method is not None else []
+
+
+def prefetch(recipe: Recipe, plugins: Plugins, *, check: bool, out: TextIO | None = None) -> int:
+    """Fetch (or with ``check`` only look up) each hub file; print one line per file; 1 if any is missing."""
+    out = out or sys.stdout
+    missing = 0
+    for node, kind in needs(recipe):
+        files = hub_files(node)
+        if not files:
+            continue
+        offered = plugins.resolve_weights(kind, node.name)
+        if offered is not None:
+            state = "ok" if offered.is_file() else "MISSING"
+            missing += state == "MISSING"
+            print(f"{node.path} ({node.name}): from haste_resolve_weights: {offered} [{state}]", file=out)
+            continue
+        for hub in files:
+            found = weights.cached(hub)
+            if found is None and not check:
+                found = weights.fetch(hub, f"{kind} {node.name}")
+                print(f"{node.path} ({node.name}): stored {hub} at {found} ({_size(found)})", file=out)
+            elif found is None:
+                missing += 1
+                print(f"{node.path} ({node.name}): MISSING {hub} (not in {weights.hub_cache_dir()})", file=out)
+            else:
+                print(f"{node.path} ({node.name}): cached {hub} at {found} ({_size(found)})", file=out)
+    if not any(hub_files(node) for node, _ in needs(recipe)):
+        print("nothing to fetch: no component of this recipe loads weights from the hub", file=out)
+    if missing and check:
+        print(f"{missing} missing; run without --check on a machine with internet to fetch them", file=out)
+    return 1 if missing else 0
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / BYTES_PER_MB:.1f} MB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    check = "--check" in args
+    args = [a for a in args if a != "--check"]
+    if not args or any(a.startswith("-") for a in args):
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        recipe, plugins = load_recipe(args[0], args[1:], world_size=1)
+        return prefetch(recipe, plugins, check=check)
+    except HasteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

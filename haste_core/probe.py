@@ -1,0 +1,96 @@
+"""The gradient probe: how the denoising and alignment gradients relate on the student parameters they share.
+
+Every ``probe_every`` steps (only when a termination policy asks for it), the trainer runs the training module
+once more on the step's batch, unwrapped from DDP (no all-reduce inside), and takes with ``autograd.grad`` the
+gradient of each term (the denoising loss, and each active alignment times its weight) on the student
+parameters that the denoising loss and at least one alignment reach. The Gram matrix of these gradients is
+averaged over ranks, so every rank decides alike, and published as ``grad/dot/<a>/<b>`` (a ≤ b in term order).
+The probe draws its randomness (label dropout, query subsets) from a forked RNG, so training is unchanged by it.
+
+From the Gram matrix: ``grad/cos/<label>`` (cosine between the denoising gradient and that term's: below 0,
+the alignment pulls against denoising — HASTE's "straitjacket"), and ``grad/share/<term>`` (each term's
+gradient norm over the sum of the norms, so the shares add up to 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from haste_core import distributed
+
+DENOISE = "denoise"
+
+
+def dot_key(a: str, b: str) -> str:
+    return f"grad/dot/{a}/{b}"
+
+
+def measure(
+    step_module: nn.Module, args: Sequence[Any], weights: dict[str, float], device: torch.device
+) -> dict[str, Tensor]:
+    """Run ``step_module(*args)`` (a ``TrainStep``, unwrapped) and return ``grad/dot/<a>/<b>`` over ranks.
+
+    ``weights`` maps each active alignment label to the weight it has in this step's loss.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        _, parts = step_module(*args)
+    terms = {DENOISE: parts["loss/denoise"]}
+    terms.update({label: weight * parts[f"align/{label}"] for label, weight in weights.items()})
+    params = [p for p in step_module.student.parameters() if p.requires_grad]
+    names = list(terms)
+    grads = {
+        name: torch.autograd.grad(loss, params, retain_graph=index < len(names) - 1, allow_unused=True)
+        for index, (name, loss) in enumerate(terms.items())
+    }
+    gram = torch.zeros(len(names), len(names), dtype=torch.float64, device=device)
+    for index, param in enumerate(params):
+        reached = [grads[name][index] is not None for name in names]
+        if not reached[0] or not any(reached[1:]):
+            continue  # not shared: only one kind of term reaches this parameter
+        zero = param.new_zeros(param.numel(), dtype=torch.float64)
+        flat = torch.stack([zero if (g := grads[name][index]) is None else g.double().flatten() for name in names])
+        gram += flat @ flat.T
+    gram = distributed.all_reduce_mean(gram)
+    return {dot_key(a, b): gram[i, j] for i, a in enumerate(names) for j, b in enumerate(names) if j >= i}
+
+
+def _dot(metrics: dict[str, Any], a: str, b: str, order: Sequence[str]) -> float:
+    first, second = (a, b) if order.index(a) <= order.index(b) else (b, a)
+    return float(metrics[dot_key(first, second)])
+
+
+def terms_of(metrics: dict[str, Any]) -> list[str]:
+    """The term names of a probe result, in order (``denoise`` first)."""
+    return [key.split("/")[3] for key in metrics if key.startswith(f"grad/dot/{DENOISE}/")]
+
+
+def conflict_cosine(metrics: dict[str, Any], labels: Sequence[str]) -> float | None:
+    """Cosine between the denoising gradient and the summed gradient of ``labels``; None off probe steps."""
+    if dot_key(DENOISE, DENOISE) not in metrics:
+        return None
+    order = terms_of(metrics)
+    labels = [label for label in labels if label in order]
+    if not labels:
+        return None
+    cross = sum(_dot(metrics, DENOISE, label, order) for label in labels)
+    align_sq = sum(_dot(metrics, a, b, order) for a in labels for b in labels)
+    denom = math.sqrt(max(_dot(metrics, DENOISE, DENOISE, order), 0.0) * max(align_sq, 0.0))
+    return cross / denom if denom > 0 else 0.0
+
+
+def health(metrics: dict[str, Any]) -> dict[str, float]:
+    """``grad/cos/<label>`` and ``grad/share/<term>`` from a probe result (plain floats, for logging)."""
+    order = terms_of(metrics)
+    norms = {term: math.sqrt(max(_dot(metrics, term, term, order), 0.0)) for term in order}
+    total = sum(norms.values())
+    out = {f"grad/share/{term}": (norm / total if total > 0 else 0.0) for term, norm in norms.items()}
+    for label in order[1:]:
+        cosine = conflict_cosine(metrics, [label])
+        out[f"grad/cos/{label}"] = 0.0 if cosine is None else cosine
+    return out

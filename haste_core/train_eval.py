@@ -1,0 +1,77 @@
+"""In-training FID-k (the recipe's ``eval`` section): every ``eval.every`` steps, ``eval.num_samples`` images from
+the EMA student against a reference batch, logged as ``eval/fid`` through the normal metrics path.
+
+Every process draws its share of the images (class-balanced labels, the ``sampling`` section's sampler, the same
+noise every time) and computes their Inception pool features; rank 0 gathers them and computes the Fréchet distance
+against the reference statistics, computed once at start; the value is broadcast so all ranks log the same number.
+FID-k with k = a few thousand is biased upwards against FID-50K: compare runs with the same k, not with papers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from haste_core import distributed
+from haste_core.distributed import DistEnv
+from haste_core.evaluate import read_images
+from haste_core.fid import frechet_distance, gaussian_stats
+from haste_core.sample import generate, image_labels
+from haste_core.sections import EvalConfig, SamplingConfig
+
+log = logging.getLogger("haste")
+
+
+def load_fid_inception(path: str, device: torch.device) -> torch.nn.Module:
+    from haste_core.inception import load_fid_inception as load
+
+    return load(path or None, device)
+
+
+class FIDEvaluator:
+    """Holds the Inception network and the reference statistics; ``evaluate`` returns {"eval/fid": value}."""
+
+    def __init__(self, config: EvalConfig, sampling: SamplingConfig, env: DistEnv) -> None:
+        self.config, self.sampling, self.env = config, sampling, env
+        self.network = load_fid_inception(config.inception, env.device)
+        self.reference = None
+        if env.is_main:
+            images = read_images(config.reference)
+            features = self._pool(torch.from_numpy(images).permute(0, 3, 1, 2))
+            self.reference = gaussian_stats(features)
+            log.info(f"eval: FID-{config.num_samples} every {config.every} steps against {len(images)} images "
+                     f"of {config.reference}")  # fmt: skip
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or step % self.config.every == 0
+
+    def _pool(self, images: torch.Tensor) -> np.ndarray:
+        parts = []
+        for start in range(0, len(images), self.config.batch):
+            chunk = images[start : start + self.config.batch].to(self.env.device)
+            if chunk.shape[1] == 1:  # grey images: the same channel three times, as RGB viewers show them
+                chunk = chunk.expand(-1, 3, -1, -1)
+            parts.append(self.network(chunk)["pool"].double().cpu().numpy())
+        return np.concatenate(parts)
+
+    @torch.no_grad()
+    def evaluate(self, student: Any, objective: Any, dataset: Any) -> dict[str, float]:
+        count = self.config.num_samples
+        labels = image_labels(count, dataset.spec.num_classes, "balanced", 0) if dataset.spec.num_classes else None
+        mine = list(range(self.env.rank, count, self.env.world_size))
+        images = [
+            generate(
+                student, objective, dataset, mine[i : i + self.config.batch], labels, self.sampling, self.env.device
+            )
+            for i in range(0, len(mine), self.config.batch)
+        ]
+        features = self._pool(torch.cat(images)) if images else None
+        gathered = distributed.all_gather_objects(features)
+        value = None
+        if self.env.is_main:
+            samples = np.concatenate([part for part in gathered if part is not None])
+            value = frechet_distance(*gaussian_stats(samples), *self.reference)
+        return {"eval/fid": float(distributed.broadcast_object(value))}

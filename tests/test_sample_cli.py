@@ -1,0 +1,71 @@
+"""``python -m haste_core.sample``: PNGs and the ADM ``.npz`` from a checkpoint, labels stated, resumable; and
+``python -m haste_core.evaluate`` failing fast without Inception weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from haste_core import run
+from haste_core.evaluate import main as evaluate_main
+from haste_core.sample import image_labels, image_noise
+from haste_core.sample import main as sample_main
+from tests.conftest import TINY_RECIPE
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert run.main([str(TINY_RECIPE), f"run.output_dir={out}", "run.max_steps=2", "run.checkpoint_every=2"]) == 0
+    return out / "tiny" / "checkpoints" / "latest.pt"
+
+
+def _sample(checkpoint, out, *extra):
+    return sample_main([str(checkpoint), "--num-images", "12", "--out", str(out), "--sampler", "euler", "--steps", "2",
+                        "--batch", "5", "--device", "cpu", *extra])  # fmt: skip
+
+
+def test_sample_writes_pngs_npz_and_states_the_labels(trained, tmp_path):
+    out = tmp_path / "samples"
+    assert _sample(trained, out, "--cfg", "2.0", "--guidance-high", "0.7") == 0
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(12)]
+    with np.load(tmp_path / "samples.npz") as data:
+        assert list(data.keys()) == ["arr_0"]
+        images = data["arr_0"]
+    assert images.dtype == np.uint8 and images.shape == (12, 8, 8, 3)  # grey digits stored as RGB
+    assert np.array_equal(images[..., 0], images[..., 2])
+    record = json.loads((out / "sampling.json").read_text())
+    assert record["labels"] == "balanced" and record["weights"] == "ema" and record["guidance_interval"] == [0.0, 0.7]
+    assert record["step"] == 2 and record["cfg_scale"] == 2.0
+
+
+def test_sample_resumes_and_is_deterministic(trained, tmp_path):
+    out = tmp_path / "samples"
+    assert _sample(trained, out) == 0
+    first = np.load(tmp_path / "samples.npz")["arr_0"]
+    kept = (out / "000003.png").stat().st_mtime_ns
+    (out / "000007.png").unlink()  # as if the run had been stopped before image 7
+    assert _sample(trained, out) == 0
+    assert (out / "000003.png").stat().st_mtime_ns == kept
+    assert np.array_equal(np.load(tmp_path / "samples.npz")["arr_0"], first)  # image 7 comes back the same
+
+
+def test_label_modes_and_noise_per_image():
+    assert image_labels(7, 3, "balanced", 0).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    uniform = image_labels(3000, 10, "uniform", 0)
+    assert torch.equal(uniform, image_labels(3000, 10, "uniform", 0)) and set(uniform.tolist()) == set(range(10))
+    assert not torch.equal(torch.bincount(uniform), torch.full((10,), 300))  # uniform draws are not balanced
+    together = image_noise([4, 5], (1, 2, 2), seed=1)
+    assert torch.equal(together[1], image_noise([5], (1, 2, 2), seed=1)[0])  # independent of the batch it is in
+
+
+def test_evaluate_fails_fast_without_inception_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HASTE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    np.savez(tmp_path / "a.npz", arr_0=images)
+    assert evaluate_main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz")]) == 2
+    assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
