@@ -4,35 +4,42 @@
 
 For 256 tokens (256 px, SiT-*/2) and 1,024 tokens (512 px), forward + backward of one pair's loss on B×H×N×N
 fp32 logits. Peak memory is what the loss adds on top of its inputs and their gradient: on CUDA from
-``torch.cuda.max_memory_allocated``; on CPU each measurement runs in a fresh process and reads the growth of
-its peak resident set. Time is the median of ``--repeats`` runs. Both methods are measured in the same run and
-printed side by side with their ratios.
+``torch.cuda.max_memory_allocated``; on CPU from the allocations and frees that ``torch.profiler`` records
+(``profile_memory``), summed in time order (the resident set would also count the C allocator's caching). Time
+is the median of ``--repeats`` runs, outside the profiler. Both methods are measured in the same run and printed
+side by side with their ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from haste_core.attention_loss import attention_loss, attention_loss_naive
 
 TOKENS = (256, 1024)  # 16×16 and 32×32 patch grids: 256 px and 512 px with a /2 student on SD-VAE latents
 METHODS = {"naive": attention_loss_naive, "chunked": attention_loss}
 BYTES_PER_MB = 2**20
-KB_PER_MB = 1024  # Linux reports ru_maxrss in kilobytes
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * resource.getpagesize() / BYTES_PER_MB
+def _cpu_peak_mb(action: Callable[[], None]) -> float:
+    """The highest sum of live bytes that ``action`` allocates on the CPU, from the profiler's memory events."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        action()
+    changes = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return peak / BYTES_PER_MB
 
 
 def measure(method: str, tokens: int, batch: int, heads: int, repeats: int, device: torch.device) -> dict:
@@ -56,9 +63,8 @@ def measure(method: str, tokens: int, batch: int, heads: int, repeats: int, devi
         once()
         peak = (torch.cuda.max_memory_allocated(device) - base) / BYTES_PER_MB
     else:
-        base = _rss_mb()
-        once()
-        peak = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KB_PER_MB - base)
+        once()  # warm-up
+        peak = _cpu_peak_mb(once)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -72,23 +78,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=12, help="teacher heads (DINOv2-B: 12)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.one:
-        result = measure(args.one[0], int(args.one[1]), args.batch, args.heads, args.repeats, device)
-        print(json.dumps(result))
-        return 0
     results = {}
     for tokens in TOKENS:
         for method in METHODS:
-            if device.type == "cuda":
-                results[method, tokens] = measure(method, tokens, args.batch, args.heads, args.repeats, device)
-            else:  # a fresh process per measurement, so that its peak resident set is the loss's own
-                command = [sys.executable, __file__, "--one", method, str(tokens), f"--batch={args.batch}",
-                           f"--heads={args.heads}", f"--repeats={args.repeats}"]  # fmt: skip
-                output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-                results[method, tokens] = json.loads(output.strip().splitlines()[-1])
+            results[method, tokens] = measure(method, tokens, args.batch, args.heads, args.repeats, device)
             print(".", end="", flush=True)
     where = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"\nattention loss, forward + backward, B={args.batch}, H={args.heads}, fp32, on {where}:")

@@ -35,10 +35,15 @@ class AttentionLoss:
     student_entropy: Tensor
 
 
+def _wide(logits: Tensor) -> Tensor:
+    """``logits`` in fp32, or in fp64 when they are fp64 (so that gradients can be checked in double precision)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _row_terms(student_RN: Tensor, teacher_RN: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Sums over rows of cross-entropy, teacher entropy and student entropy (fp32)."""
-    log_q = (student_RN.float() / temperature).log_softmax(dim=-1)
-    log_p = (teacher_RN.float() / temperature).log_softmax(dim=-1)
+    """Sums over rows of cross-entropy, teacher entropy and student entropy (fp32 at least)."""
+    log_q = (_wide(student_RN) / temperature).log_softmax(dim=-1)
+    log_p = (_wide(teacher_RN) / temperature).log_softmax(dim=-1)
     p = log_p.exp()
     cross_entropy = -(p * log_q).sum()
     teacher_entropy = -(p * log_p).sum()
@@ -68,7 +73,7 @@ class _ChunkedAttentionLoss(torch.autograd.Function):
         for b, m in _chunks(batch, rows, rows_per_chunk):
             terms = _row_terms(student_BMN[b, m].reshape(-1, keys), teacher_BMN[b, m].reshape(-1, keys), temperature)
             sums += torch.stack(terms).double()
-        means = (sums / (batch * rows)).float()
+        means = (sums / (batch * rows)).to(torch.promote_types(student_BMN.dtype, torch.float32))
         cross_entropy, teacher_entropy, student_entropy = means.unbind()
         ctx.save_for_backward(student_BMN, teacher_BMN)
         ctx.temperature, ctx.rows_per_chunk = temperature, rows_per_chunk
@@ -82,12 +87,12 @@ class _ChunkedAttentionLoss(torch.autograd.Function):
         student_BMN, teacher_BMN = ctx.saved_tensors
         batch, rows, keys = student_BMN.shape
         temperature = ctx.temperature
-        scale = grad_loss.float() / (batch * rows * temperature)
+        scale = _wide(grad_loss) / (batch * rows * temperature)
         grad = torch.empty_like(student_BMN)
         for b, m in _chunks(batch, rows, ctx.rows_per_chunk):
             shape = grad[b, m].shape
-            q = (student_BMN[b, m].reshape(-1, keys).float() / temperature).softmax(dim=-1)
-            p = (teacher_BMN[b, m].reshape(-1, keys).float() / temperature).softmax(dim=-1)
+            q = (_wide(student_BMN[b, m].reshape(-1, keys)) / temperature).softmax(dim=-1)
+            p = (_wide(teacher_BMN[b, m].reshape(-1, keys)) / temperature).softmax(dim=-1)
             grad[b, m] = ((q - p) * scale).reshape(shape).to(grad.dtype)
         return grad, None, None, None, None
 
@@ -130,8 +135,8 @@ def attention_loss_naive(
 ) -> AttentionLoss:
     """The same values by plain autograd over the whole tensor (several fp32 copies of B×H×Nq×N)."""
     _check(student_BHQN, teacher_BHQN, kind, temperature)
-    log_q = (student_BHQN.float() / temperature).log_softmax(dim=-1)
-    log_p = (teacher_BHQN.detach().float() / temperature).log_softmax(dim=-1)
+    log_q = (_wide(student_BHQN) / temperature).log_softmax(dim=-1)
+    log_p = (_wide(teacher_BHQN.detach()) / temperature).log_softmax(dim=-1)
     p = log_p.exp()
     cross_entropy = -(p * log_q).sum(dim=-1).mean()
     teacher_entropy = -(p * log_p).sum(dim=-1).mean()

@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               "cpu" if args.device == "auto" else args.device)  # fmt: skip
+        model = load_fid_inception(args.inception, device)  # first: missing weights fail before images are read
         samples, reference = read_images(args.samples), read_images(args.reference)
-        model = load_fid_inception(args.inception, device)
         metrics = all_metrics(
             inception_outputs(model, samples, args.batch, device),
             inception_outputs(model, reference, args.batch, device),

@@ -3,13 +3,15 @@
 Paper-comparable numbers (ADM suite, REPA, HASTE, haste_spec.md §5.5) come from the TensorFlow Inception graph
 of 2015-12-05. Its PyTorch port is pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (the file whose
 SHA-256 starts with 6726825d, at ``FID_WEIGHTS_URL``); with those weights this module reproduces the TF
-features up to the input resize (TF resizes inside the graph; here 299×299 bilinear, as pytorch-fid does), which
-moves FID by a few hundredths. torchvision's ImageNet Inception weights give *different*, non-comparable numbers
-and are not accepted. The architecture is torchvision's Inception-v3 with the TF graph's differences: 1008
-classes, average pools that do not count padding, and a max pool in the last block's pooling branch.
+features up to the input resize (TF resizes inside the graph; here 299×299 bilinear, as pytorch-fid does), a
+small difference that is not measured here. torchvision's ImageNet Inception weights give *different*,
+non-comparable numbers and are not accepted. The architecture is torchvision's Inception-v3 with the TF graph's
+differences: 1008 classes, average pools that do not count padding, and a max pool in the last block's pooling
+branch.
 
 Outputs per image: ``pool`` (2048, FID/precision/recall), ``spatial`` (first 7 channels of the 17×17
-``mixed_6/conv`` map, 2023 values, sFID, in TF's H·W·C order) and ``logits`` (1008, Inception Score).
+``mixed_6/conv`` map, 2023 values, sFID, in TF's H·W·C order) and ``logits`` (1008, Inception Score; pool·Wᵀ
+without the classifier's bias, as the ADM suite computes them).
 """
 
 from __future__ import annotations
@@ -148,7 +150,9 @@ class FIDInception(nn.Module):
                 spatial = module.block.branch1x1(x)[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
             x = module(x)
         pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return {"pool": pool, "spatial": spatial, "logits": self.net.fc(pool)}
+        # Inception Score logits as the ADM suite (and improved-GAN's IS code) take them: pool · Wᵀ of the TF graph's
+        # softmax/logits/MatMul, without the layer's bias
+        return {"pool": pool, "spatial": spatial, "logits": pool @ self.net.fc.weight.T}
 
 
 def _sha256_prefix(path: Path) -> str:
@@ -159,19 +163,31 @@ def _sha256_prefix(path: Path) -> str:
     return digest.hexdigest()[: len(FID_WEIGHTS_SHA256_PREFIX)]
 
 
+def _candidates(path: str | Path | None) -> list[Path]:
+    """Where the weights are looked for: ``path`` alone, else the haste cache, then torch.hub's cache."""
+    if path:
+        return [Path(path).expanduser()]
+    return [cache_dir() / "inception" / FID_WEIGHTS_FILE, Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE]
+
+
+def fid_weights_note(path: str | Path | None = None) -> str:
+    """Empty when the weights are on disk; else what will happen at the start of a run (for ``--check``; nothing
+    is hashed or downloaded here)."""
+    candidates = _candidates(path)
+    if any(candidate.is_file() for candidate in candidates):
+        return ""
+    return (
+        f"the FID Inception weights are not in {' or '.join(map(str, candidates))}; a run downloads "
+        f"{FID_WEIGHTS_URL} at its start, or stops there when offline"
+    )
+
+
 def find_fid_weights(path: str | Path | None = None) -> Path:
     """The FID Inception weights: ``path``, else the haste cache, else torch.hub's cache (where pytorch-fid and
     torchmetrics keep them); downloaded into the haste cache when online; ``HasteError`` at once offline."""
-    if path:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise HasteError(f"Inception weights {path} do not exist; download {FID_WEIGHTS_URL}")
-        candidates = [path]
-    else:
-        candidates = [
-            cache_dir() / "inception" / FID_WEIGHTS_FILE,
-            Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE,
-        ]
+    candidates = _candidates(path)
+    if path and not candidates[0].is_file():
+        raise HasteError(f"Inception weights {candidates[0]} do not exist; download {FID_WEIGHTS_URL}")
     for candidate in candidates:
         if candidate.is_file():
             if _sha256_prefix(candidate) != FID_WEIGHTS_SHA256_PREFIX:
@@ -188,7 +204,13 @@ def find_fid_weights(path: str | Path | None = None) -> Path:
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info(f"downloading {FID_WEIGHTS_URL} to {target}")
-    torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(target), hash_prefix=FID_WEIGHTS_SHA256_PREFIX)
+    try:
+        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(target), hash_prefix=FID_WEIGHTS_SHA256_PREFIX)
+    except (OSError, RuntimeError) as exc:  # no network (URLError is an OSError), or a corrupt download
+        raise HasteError(
+            f"could not download {FID_WEIGHTS_URL} ({exc}); fetch it where there is network and put it at {target} "
+            "(or give its path with --inception)"
+        ) from None
     return target
 
 

@@ -192,6 +192,14 @@ class Dataset(Component, torch.utils.data.Dataset, ABC):
         default; a text data set returns a dict of n captions, e.g. from its held-out captions)."""
         return torch.arange(n) % max(self.spec.num_classes, 1)
 
+    def sample_conds_at(self, indices: list[int]) -> Tensor | dict[str, Tensor]:
+        """The conditions ``sample_conds`` gives the images ``indices`` (generation asks batch by batch, up to
+        index 50,000). By default sliced from ``sample_conds(max(indices) + 1)``; override it when that is costly."""
+        conds = self.sample_conds(max(indices) + 1)
+        if isinstance(conds, dict):
+            return {key: value[indices] for key, value in conds.items()}
+        return conds[indices]
+
 
 class Student(Component, nn.Module, ABC):
     """A denoising transformer. Runtime arguments: ``data`` (a ``DataSpec``).
@@ -308,7 +316,8 @@ class Termination(Component, ABC):
     - ``probe_every`` > 0 asks for the gradient probe (``haste_core.probe``) every that many steps while the
       policy is undecided; on those steps ``metrics`` also holds ``grad/dot/<a>/<b>``, the dot products of
       the per-term gradients on the shared student parameters, averaged over ranks (terms: ``denoise`` and the
-      active labels; alignment gradients include their weights). No probe runs when no policy asks for one.
+      active labels; alignment gradients include their weights), and ``grad/denoise_sq/<a>+<b>...`` (read
+      them with ``haste_core.probe.conflict_cosine``). No probe runs when no policy asks for one.
     - ``weight_scale(step)`` is a factor in [0, 1] on the recipe weight of the governed alignments for the
       1-based step about to be trained (``fade``). The trainer reads it before every step into the training
       module as a plain float (no rebuild). The scales of ``watch`` policies are ignored: they only observe.

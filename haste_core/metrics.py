@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import resource
 import time
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from haste_core import distributed
+from haste_core.errors import HasteError
 
 BYTES_PER_MB = 2**20
 KB_PER_MB = 1024  # Linux reports ru_maxrss in kilobytes
@@ -77,6 +79,20 @@ def _peak_memory_mb(device: torch.device) -> float:
 def non_finite(metrics: dict[str, float]) -> list[str]:
     """Names of the metrics that are NaN or infinite."""
     return [key for key, value in metrics.items() if not math.isfinite(value)]
+
+
+def check_finite(metrics: dict[str, float], step: int, latest_checkpoint: Path) -> None:
+    """Stop a diverged run with what went wrong, where the last good state is, and what to change."""
+    bad = non_finite({key: value for key, value in metrics.items() if key.startswith(("loss/", "align/"))})
+    if not bad:
+        return
+    saved = "no checkpoint was written yet"
+    if latest_checkpoint.is_file():
+        saved = f"the last checkpoint is {latest_checkpoint}"
+    raise HasteError(
+        f"training diverged: {', '.join(bad)} became NaN or infinite by step {step}; {saved}. "
+        "Lower optimizer.lr, keep optimizer.grad_clip on, or use precision.dtype=bf16 or fp32 instead of fp16."
+    )
 
 
 def format_metrics(step: int, max_steps: int, metrics: dict[str, float]) -> str:

@@ -10,6 +10,7 @@ only while some alignment is active. All policy state, watching included, goes i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,18 @@ class PhasePlan:
             return {}
         return {name: policy for name, policy in self.watch.items() if name not in self.would_fire}
 
+    def _probe_intervals(self) -> list[int]:
+        policies = [*self._governing().values(), *self._watching().values()]
+        return [policy.probe_every for policy in policies if policy.probe_every > 0]
+
     def probe_every(self) -> int:
-        """The shortest probe interval that an undecided policy (governing or watching) asks for; 0: none."""
-        intervals = [p.probe_every for p in [*self._governing().values(), *self._watching().values()]]
-        return min((every for every in intervals if every > 0), default=0)
+        """A probe interval that gives every undecided policy (governing or watching) each of its own probe steps:
+        the greatest common divisor of their intervals (equal intervals: that interval); 0: none asks."""
+        return math.gcd(*self._probe_intervals())
+
+    def probe_due(self, step: int) -> bool:
+        """Whether some undecided policy wants the probe at ``step`` (a multiple of its own interval)."""
+        return any(step % every == 0 for every in self._probe_intervals())
 
     def weight_scales(self, step: int) -> dict[str, float]:
         """The factor on each active alignment's weight for ``step``, from the policy that governs it."""

@@ -4,9 +4,11 @@
 
 For clusters whose login node has internet and whose compute nodes do not: run it on the login node (it stores
 the files in the Hugging Face cache, ``HF_HUB_CACHE`` / ``$HF_HOME/hub``), then train on the compute nodes with
-``HF_HUB_OFFLINE=1``. ``--check`` downloads nothing and exits 1 if something is missing. Components name their
-hub files with a ``hub_files(config, **fixed)`` class method; a ``haste_resolve_weights`` plugin's answer, or a
-weights file named in the recipe, needs nothing from the hub.
+``HF_HUB_OFFLINE=1``. ``--check`` downloads nothing. Exit status: 0 when everything is (now) in the cache, 1 when
+``--check`` found something missing, 2 on a recipe error or a failed download (offline: at once, saying why).
+Components name their hub files with a ``hub_files(config, **fixed)`` class method (the student, the data set,
+e.g. the latents' preview VAE, and every teacher); a ``haste_resolve_weights`` plugin's answer, or a weights file
+named in the recipe, needs nothing from the hub.
 """
 
 from __future__ import annotations
@@ -22,11 +24,18 @@ from haste_core.recipe import Node, Recipe, load_recipe
 
 USAGE = "usage: python -m haste_core.prefetch RECIPE.yaml [key.path=value ...] [--check]"
 BYTES_PER_MB = 1024 * 1024
+RESOLVED_KINDS = ("student", "teacher")  # the kinds haste_resolve_weights answers for (haste_core/hookspecs.py)
+LOCAL_COPY = {"data": "data.vae: /path/to/a/folder that AutoencoderKL.save_pretrained wrote"}  # else weights:
 
 
 def needs(recipe: Recipe) -> list[tuple[Node, str]]:
-    """Every component node that may load weights, with its kind for ``haste_resolve_weights``."""
-    return [(recipe.student, "student"), *((node, "teacher") for node in recipe.teachers.values())]
+    """Every component node that may load weights, with its kind (``student`` and ``teacher`` nodes are asked
+    of ``haste_resolve_weights`` first; the data set's, e.g. the latents' preview VAE, come from the hub)."""
+    return [
+        (recipe.student, "student"),
+        *((node, "teacher") for node in recipe.teachers.values()),
+        (recipe.data, "data"),
+    ]
 
 
 def hub_files(node: Node) -> list[weights.HubFile]:
@@ -42,7 +51,7 @@ def prefetch(recipe: Recipe, plugins: Plugins, *, check: bool, out: TextIO | Non
         files = hub_files(node)
         if not files:
             continue
-        offered = plugins.resolve_weights(kind, node.name)
+        offered = plugins.resolve_weights(kind, node.name) if kind in RESOLVED_KINDS else None
         if offered is not None:
             state = "ok" if offered.is_file() else "MISSING"
             missing += state == "MISSING"
@@ -51,7 +60,7 @@ def prefetch(recipe: Recipe, plugins: Plugins, *, check: bool, out: TextIO | Non
         for hub in files:
             found = weights.cached(hub)
             if found is None and not check:
-                found = weights.fetch(hub, f"{kind} {node.name}")
+                found = weights.fetch(hub, f"{kind} {node.name}", LOCAL_COPY.get(kind, ""))
                 print(f"{node.path} ({node.name}): stored {hub} at {found} ({_size(found)})", file=out)
             elif found is None:
                 missing += 1

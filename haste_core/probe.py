@@ -4,7 +4,10 @@ Every ``probe_every`` steps (only when a termination policy asks for it), the tr
 once more on the step's batch, unwrapped from DDP (no all-reduce inside), and takes with ``autograd.grad`` the
 gradient of each term (the denoising loss, and each active alignment times its weight) on the student
 parameters that the denoising loss and at least one alignment reach. The Gram matrix of these gradients is
-averaged over ranks, so every rank decides alike, and published as ``grad/dot/<a>/<b>`` (a ≤ b in term order).
+averaged over ranks, so every rank decides alike, and published as ``grad/dot/<a>/<b>`` (a ≤ b in term order),
+together with ``grad/denoise_sq/<a>+<b>...``: the squared norm of the denoising gradient on the parameters
+reached by exactly that set of alignments. A cosine between denoising and some alignments then uses only the
+parameters those alignments share with denoising: the norm of the denoising gradient elsewhere does not dilute it.
 The probe draws its randomness (label dropout, query subsets) from a forked RNG, so training is unchanged by it.
 
 From the Gram matrix: ``grad/cos/<label>`` (cosine between the denoising gradient and that term's: below 0,
@@ -24,10 +27,16 @@ from torch import Tensor, nn
 from haste_core import distributed
 
 DENOISE = "denoise"
+REACH_PREFIX = "grad/denoise_sq/"
 
 
 def dot_key(a: str, b: str) -> str:
     return f"grad/dot/{a}/{b}"
+
+
+def _reach_sets(labels: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty set of alignment labels, in a fixed order (the same on every rank)."""
+    return [tuple(label for bit, label in enumerate(labels) if mask >> bit & 1) for mask in range(1, 2 ** len(labels))]
 
 
 def measure(
@@ -48,7 +57,9 @@ def measure(
         name: torch.autograd.grad(loss, params, retain_graph=index < len(names) - 1, allow_unused=True)
         for index, (name, loss) in enumerate(terms.items())
     }
+    reach_sets = _reach_sets(names[1:])
     gram = torch.zeros(len(names), len(names), dtype=torch.float64, device=device)
+    denoise_sq = torch.zeros(len(reach_sets), dtype=torch.float64, device=device)
     for index, param in enumerate(params):
         reached = [grads[name][index] is not None for name in names]
         if not reached[0] or not any(reached[1:]):
@@ -56,8 +67,14 @@ def measure(
         zero = param.new_zeros(param.numel(), dtype=torch.float64)
         flat = torch.stack([zero if (g := grads[name][index]) is None else g.double().flatten() for name in names])
         gram += flat @ flat.T
-    gram = distributed.all_reduce_mean(gram)
-    return {dot_key(a, b): gram[i, j] for i, a in enumerate(names) for j, b in enumerate(names) if j >= i}
+        reach = tuple(name for name, hit in zip(names[1:], reached[1:], strict=True) if hit)
+        denoise_sq[reach_sets.index(reach)] += flat[0] @ flat[0]
+    size = len(names) ** 2
+    reduced = distributed.all_reduce_mean(torch.cat([gram.flatten(), denoise_sq]))  # one collective
+    gram = reduced[:size].view(len(names), len(names))
+    out = {dot_key(a, b): gram[i, j] for i, a in enumerate(names) for j, b in enumerate(names) if j >= i}
+    out.update({REACH_PREFIX + "+".join(reach): reduced[size + i] for i, reach in enumerate(reach_sets)})
+    return out
 
 
 def _dot(metrics: dict[str, Any], a: str, b: str, order: Sequence[str]) -> float:
@@ -70,6 +87,14 @@ def terms_of(metrics: dict[str, Any]) -> list[str]:
     return [key.split("/")[3] for key in metrics if key.startswith(f"grad/dot/{DENOISE}/")]
 
 
+def _denoise_sq(metrics: dict[str, Any], labels: Sequence[str], order: Sequence[str]) -> float:
+    """Squared norm of the denoising gradient on the parameters that some of ``labels`` reach."""
+    reach = {key[len(REACH_PREFIX) :]: value for key, value in metrics.items() if key.startswith(REACH_PREFIX)}
+    if not reach:  # a Gram matrix alone: every shared parameter counts
+        return _dot(metrics, DENOISE, DENOISE, order)
+    return sum(float(value) for key, value in reach.items() if set(key.split("+")) & set(labels))
+
+
 def conflict_cosine(metrics: dict[str, Any], labels: Sequence[str]) -> float | None:
     """Cosine between the denoising gradient and the summed gradient of ``labels``; None off probe steps."""
     if dot_key(DENOISE, DENOISE) not in metrics:
@@ -80,7 +105,7 @@ def conflict_cosine(metrics: dict[str, Any], labels: Sequence[str]) -> float | N
         return None
     cross = sum(_dot(metrics, DENOISE, label, order) for label in labels)
     align_sq = sum(_dot(metrics, a, b, order) for a in labels for b in labels)
-    denom = math.sqrt(max(_dot(metrics, DENOISE, DENOISE, order), 0.0) * max(align_sq, 0.0))
+    denom = math.sqrt(max(_denoise_sq(metrics, labels, order), 0.0) * max(align_sq, 0.0))
     return cross / denom if denom > 0 else 0.0
 
 

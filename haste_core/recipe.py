@@ -119,8 +119,8 @@ class Recipe:
             out["teachers"] = {key: node.to_dict() for key, node in self.teachers.items()}
         if self.alignments:
             out["alignment"] = [node.to_dict() for node in self.alignments]
-        if self.termination is not None:
-            out["termination"] = self.termination.to_dict()
+        if self.termination is not None or self.watch:
+            out["termination"] = self.termination.to_dict() if self.termination is not None else {}
             if self.watch:
                 out["termination"]["watch"] = [node.to_dict() for node in self.watch]
         for key in ("optimizer", "ema", "precision", "sampling"):
@@ -243,14 +243,17 @@ def validate(raw: Mapping[str, Any], plugins: Plugins, *, world_size: int = 1, s
     termination, watch = None, ()
     if raw.get("termination") is not None:
         termination_raw, watch = _watch_nodes(raw["termination"], plugins)
-        termination = _component(termination_raw, plugins.registry("terminations"), "termination")
-    _check_termination(alignments, termination)
+        if termination_raw or not watch:  # {watch: [...]} alone: observers, every alignment has its own policy
+            termination = _component(termination_raw, plugins.registry("terminations"), "termination")
+    _check_termination(alignments, termination, watch)
     unused = sorted(set(teachers) - {node.teacher for node in alignments})
     if unused:
         raise RecipeError(
             "no alignment uses this teacher; remove it or point an alignment at it",
             _teacher_path(raw, unused[0]),
         )
+    sampling = build_config(SamplingConfig, raw.get("sampling") or {}, "sampling")
+    _check_sampler(sampling, objective)
     return Recipe(
         run=run,
         data=data,
@@ -262,7 +265,7 @@ def validate(raw: Mapping[str, Any], plugins: Plugins, *, world_size: int = 1, s
         optimizer=build_config(OptimizerConfig, raw.get("optimizer") or {}, "optimizer"),
         ema=build_config(EMAConfig, raw.get("ema") or {}, "ema"),
         precision=build_config(PrecisionConfig, raw.get("precision") or {}, "precision"),
-        sampling=build_config(SamplingConfig, raw.get("sampling") or {}, "sampling"),
+        sampling=sampling,
         plugins=tuple(_plugin_list(raw)),
         data_spec=data_spec,
         student_spec=student_spec,
@@ -388,8 +391,26 @@ def _alignment_nodes(raw: Any, plugins: Plugins, teachers: Mapping[str, Node]) -
     return tuple(nodes)
 
 
-def _check_termination(alignments: Sequence[AlignmentNode], termination: Node | None) -> None:
-    if not alignments and termination is not None:
+def _check_sampler(sampling: SamplingConfig, objective: Node) -> None:
+    """The DDPM ancestral sampler needs a discrete schedule (``objective: ddpm``) and guides every step."""
+    if sampling.sampler != "ddpm":
+        return
+    if not hasattr(objective.entry.cls, "discrete_schedule"):
+        raise RecipeError(
+            f"the ddpm sampler needs an objective with a discrete schedule (objective: {{name: ddpm}}); objective "
+            f"'{objective.name}' has none: use euler, heun or sde",
+            "sampling.sampler",
+        )
+    if sampling.cfg_scale != 1.0 and sampling.guidance_interval != (0.0, 1.0):
+        raise RecipeError(
+            f"the ddpm sampler guides every step; leave guidance_low at 0 and guidance_high at 1 (got "
+            f"[{sampling.guidance_low}, {sampling.guidance_high}]), or use the euler, heun or sde sampler",
+            "sampling.guidance_high",
+        )
+
+
+def _check_termination(alignments: Sequence[AlignmentNode], termination: Node | None, watch: Sequence[Node]) -> None:
+    if not alignments and (termination is not None or watch):
         raise RecipeError(
             "there is no alignment to terminate; remove this section or add an 'alignment' list",
             "termination",
@@ -397,11 +418,14 @@ def _check_termination(alignments: Sequence[AlignmentNode], termination: Node | 
     orphans = [node.path for node in alignments if node.termination is None]
     if alignments and not orphans and termination is not None:
         raise RecipeError(
-            "every alignment has its own termination, so this run-wide one would never apply", "termination"
+            "every alignment has its own termination, so this run-wide one would never apply; remove it (a "
+            "'termination' section holding only 'watch: [...]' is allowed)",
+            "termination",
         )
     if orphans and termination is None:
+        watching = " (termination.watch policies only observe)" if watch else ""
         raise RecipeError(
-            f"{orphans[0]} has no termination policy; add a run-wide 'termination' section "
+            f"{orphans[0]} has no termination policy{watching}; add a run-wide 'termination' section "
             "(e.g. {name: fixed_step, step: 250000}, or {name: never} for REPA) or one on the alignment",
             "termination",
         )

@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# ok: {_summary(recipe)}; {'resume from ' + str(resume_from) if resume_from else 'fresh start'}")
         if missing:
             print(f"# note: data: {missing}")
+        if recipe.eval.every:
+            from haste_core.inception import fid_weights_note
+
+            if note := fid_weights_note(recipe.eval.inception):
+                print(f"# note: eval: {note}")
         return 0
     if missing:
         if is_main:

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from haste_core import checkpoint
-from haste_core.errors import CheckpointError, RunFolderError
+from haste_core.errors import CheckpointError, RecipeError, RunFolderError
 from haste_core.recipe import Recipe
 
 RECIPE_FILE = "recipe.yaml"
@@ -48,11 +48,24 @@ def resume_source(recipe: Recipe) -> Path | None:
                 f"{run_dir} already holds checkpoints of this run and run.resume is 'never'; set run.resume=auto "
                 "to continue it, or choose another run.name to start a new one."
             )
+        check_init_from(recipe)
         return None
     source = Path(recipe.run.resume) if recipe.run.resume != "auto" else latest if latest.is_file() else None
     if source is not None:  # readable, and written by this recipe: found out now, before anything is written
         check_checkpoint_recipe(checkpoint.load(source), recipe, source)
+    else:
+        check_init_from(recipe)
     return source
+
+
+def check_init_from(recipe: Recipe) -> None:
+    """A fresh run's ``run.init_from`` must exist (a resumed run never reads it, so it may be gone by then)."""
+    init_from = recipe.run.init_from
+    if init_from and not Path(init_from).is_file():
+        raise RecipeError(
+            f"checkpoint {init_from!r} does not exist; give a REPA/HASTE/DiT checkpoint or a haste .pt file",
+            "run.init_from",
+        )
 
 
 def recipe_differences(old: Any, new: Any, prefix: str = "") -> list[str]:

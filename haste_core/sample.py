@@ -28,7 +28,7 @@ from PIL import Image
 from haste_core import checkpoint, distributed
 from haste_core.errors import HasteError
 from haste_core.evaluate import write_npz
-from haste_core.sampling import conds_to, sample
+from haste_core.sampling import PATH_SEED_OFFSET, conds_to, sample
 from haste_core.sections import SamplingConfig
 
 log = logging.getLogger("haste")
@@ -65,14 +65,12 @@ def generate(
     """uint8 images (B×C×H×W, on the CPU) of the given image indices."""
     spec = dataset.spec
     noise = image_noise(indices, spec.x_shape, config.seed).to(device)
-    if spec.num_classes:
-        cond = labels[indices].to(device)
-    else:  # text or unconditional data: the data set's own sample conditions, one per image index
-        all_conds = dataset.sample_conds(max(indices) + 1)
-        cond = conds_to({k: v[indices] for k, v in all_conds.items()} if isinstance(all_conds, dict)
-                        else all_conds[indices], device)  # fmt: skip
-    generator = torch.Generator(device).manual_seed(config.seed * _NOISE_SEED_STRIDE + indices[0])
-    x = sample(student, objective, noise, cond, config, generator=generator)
+    # class data: the given labels; text or unconditional data: the data set's own sample conditions
+    cond = labels[indices].to(device) if spec.num_classes else conds_to(dataset.sample_conds_at(indices), device)
+    # the stochastic samplers' noise, per image too: image i is the same whatever batch or process draws it
+    seeds = [config.seed * _NOISE_SEED_STRIDE + i + PATH_SEED_OFFSET for i in indices]
+    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    x = sample(student, objective, noise, cond, config, generator=generators)
     return dataset.to_images(x.float()).cpu()
 
 
@@ -83,6 +81,10 @@ def load_student(path: Path, device: torch.device, use_ema: bool = True) -> tupl
 
     state = checkpoint.load(path)
     raw = state["recipe"]
+    data = raw.get("data") or {}
+    if data.get("preview") == "channels":  # latents/coco: channel previews are no images to score; decode them
+        log.info("the checkpoint's recipe previews latents as channels (data.preview=channels); decoding with the VAE")
+        raw = {**raw, "data": {**data, "preview": "vae"}}
     plugins = load_plugins(raw.get("plugins") or [])
     recipe = validate(raw, plugins, source=str(path))
     if recipe.data_spec.unavailable:
@@ -120,9 +122,10 @@ def run(args: argparse.Namespace, env: distributed.DistEnv) -> Path | None:
         images = generate(student, objective, dataset, indices, labels, config, env.device)
         for index, image in zip(indices, images, strict=True):
             array = image.permute(1, 2, 0).numpy()
-            Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).convert("RGB").save(
-                out / f"{index:06d}.png"
-            )
+            picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).convert("RGB")
+            temporary = out / f".{index:06d}.png.tmp"  # a PNG that exists is complete: resuming trusts it
+            picture.save(temporary, format="PNG")
+            temporary.replace(out / f"{index:06d}.png")
         progress.update(len(indices))
     progress.close()
     distributed.barrier()

@@ -1,8 +1,9 @@
-"""Sampling from a student: the Euler ODE sampler with classifier-free guidance, and sample grids.
+"""Sampling from a student: Euler and Heun ODE, Euler–Maruyama SDE and DDPM ancestral samplers, and sample grids.
 
-The sampler integrates the probability-flow ODE dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data) on the
-uniform grid t_i = 1 − i/steps (haste_spec.md §5.1); the objective turns the student's prediction into v.
-With guidance s > 1 the velocity is v_u + s·(v_c − v_u), computed in one doubled batch.
+The ODE samplers integrate the probability-flow ODE dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data) on the
+uniform grid t_i = 1 − i/steps (haste_spec.md §5.1), the SDE sampler the reverse SDE on REPA's grid (§5.2); the
+objective turns the student's prediction into v. With guidance s ≠ 1 the velocity is v_u + s·(v_c − v_u), computed
+in one doubled batch, only at times inside the guidance interval [low, high] (§5.3).
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ def guided_velocity(
 Interval = tuple[float, float]
 FULL_INTERVAL: Interval = (0.0, 1.0)
 SDE_LAST_TIME = 0.04  # Euler–Maruyama grid ends at t = 0.04, then one noiseless step to 0 (haste_spec.md §5.2)
+PATH_SEED_OFFSET = 1 << 40  # the sampler's own noise is seeded apart from the starting noise of the same seed
+Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per row
+
+
+def gaussian(like: Tensor, generator: Generators) -> Tensor:
+    """Fresh N(0, I) noise shaped like ``like``: from one generator, or row by row from one generator per row (so
+    that a row's path does not depend on the batch it is drawn in)."""
+    if isinstance(generator, list):
+        if len(generator) != like.shape[0]:
+            raise HasteError(f"{len(generator)} generators for a batch of {like.shape[0]}; give one per row")
+        rows = [torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype) for g in generator]
+        return torch.stack(rows)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def _velocity(
@@ -124,14 +138,15 @@ def sde_sample(
     steps: int,
     cfg_scale: float = 1.0,
     interval: Interval = FULL_INTERVAL,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Euler–Maruyama on the reverse SDE (haste_spec.md §5.2): grid linspace(1, 0.04, steps) then 0.
 
     The score comes from the velocity: with x = αx₀ + σε and v = α̇x₀ + σ̇ε, ε = (αv − α̇x)/(ασ̇ − α̇σ) and
     s = −ε/σ (for the linear path s = ((t−1)v − x)/t). Diffusion w(t) = 2t, drift d = v − ½·w·s, and
     x ← x + d·Δt + √w·√|Δt|·ξ; the last interval (0.04 → 0) takes the drift only. Guidance acts on v, which is
-    the same as guiding d (affine in v). ``generator`` (on the noise's device) makes the path reproducible."""
+    the same as guiding d (affine in v). ``generator`` (on the noise's device; or a list, one per row) makes the path
+    reproducible."""
     grid = [*torch.linspace(1.0, SDE_LAST_TIME, steps, dtype=torch.float64).tolist(), 0.0]
     x = _state(noise)
     for i in range(steps):
@@ -147,8 +162,7 @@ def sde_sample(
         drift = velocity - 0.5 * diffusion * score
         x = x + drift * dt
         if i < steps - 1:
-            xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + math.sqrt(diffusion) * math.sqrt(abs(dt)) * xi
+            x = x + math.sqrt(diffusion) * math.sqrt(abs(dt)) * gaussian(x, generator)
     return x.to(noise.dtype)
 
 
@@ -160,10 +174,11 @@ def sample(
     cond: Any,
     config: SamplingConfig,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Run the sampler ``config.sampler`` (euler, heun, sde or ddpm) with ``config``'s steps, guidance and
-    interval (ddpm: guidance at every step, so the interval must be the full [0, 1])."""
+    interval (ddpm: guidance at every step, so the interval must be the full [0, 1]). ``generator`` drives the
+    stochastic samplers' noise (sde, ddpm): one for the batch, or one per row."""
     common = {"steps": config.steps, "cfg_scale": config.cfg_scale, "interval": config.guidance_interval}
     if config.sampler == "sde":
         return sde_sample(student, objective, noise, cond, generator=generator, **common)
@@ -172,7 +187,9 @@ def sample(
     if config.sampler == "ddpm":
         if config.cfg_scale != 1.0 and config.guidance_interval != FULL_INTERVAL:
             raise HasteError("the ddpm sampler guides every step; leave guidance_low at 0 and guidance_high at 1")
-        return ddpm_sample(student, objective, noise, cond, steps=config.steps, cfg_scale=config.cfg_scale)
+        return ddpm_sample(
+            student, objective, noise, cond, steps=config.steps, cfg_scale=config.cfg_scale, generator=generator
+        )
     raise HasteError(f"unknown sampler {config.sampler!r}; choose euler, heun, sde or ddpm")
 
 
@@ -185,7 +202,7 @@ def sample_grid(
     spec = dataset.spec
     noise = torch.randn((config.num_images, *spec.x_shape), generator=torch.Generator().manual_seed(config.seed))
     conds = conds_to(dataset.sample_conds(config.num_images), device)
-    generator = torch.Generator(device).manual_seed(config.seed)  # the SDE's noise: the same path every time
+    generator = torch.Generator(device).manual_seed(config.seed + PATH_SEED_OFFSET)  # the same path every time
     x = sample(student, objective, noise.to(device), conds, config, generator=generator)
     return make_grid(dataset.to_images(x.float()).cpu(), grid_columns(config.num_images, spec.num_classes))
 
@@ -224,7 +241,14 @@ def grid_columns(num_images: int, num_classes: int) -> int:
 
 @torch.no_grad()
 def ddpm_sample(
-    student: Student, objective: Objective, noise: Tensor, cond: Any, *, steps: int, cfg_scale: float = 1.0
+    student: Student,
+    objective: Objective,
+    noise: Tensor,
+    cond: Any,
+    *,
+    steps: int,
+    cfg_scale: float = 1.0,
+    generator: Generators = None,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020) on ``steps`` evenly spaced indices of the objective's schedule.
 
@@ -270,5 +294,5 @@ def ddpm_sample(
             log_var = torch.full_like(eps, log_var_small[i].item())
         x0 = (x.float() - math.sqrt(1.0 - alpha_bar[i].item()) * eps) / math.sqrt(alpha_bar[i].item())
         mean = coef_x0[i].item() * x0 + coef_xt[i].item() * x.float()
-        x = (mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) if i > 0 else mean).to(noise.dtype)
+        x = (mean + torch.exp(0.5 * log_var) * gaussian(mean, generator) if i > 0 else mean).to(noise.dtype)
     return x

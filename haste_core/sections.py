@@ -40,11 +40,7 @@ class RunConfig:
                 f"checkpoint {self.resume!r} does not exist; give 'auto', 'never' or the path of a .pt file",
                 "resume",
             )
-        if self.init_from and not Path(self.init_from).is_file():
-            raise RecipeError(
-                f"checkpoint {self.init_from!r} does not exist; give a REPA/HASTE/DiT checkpoint or a haste .pt file",
-                "init_from",
-            )
+        # init_from must exist only when a run starts fresh: haste_core.run_folder.resume_source checks it
         if self.device == "cuda":
             import torch
 
@@ -128,4 +124,10 @@ class EvalConfig:
                 f"reference {self.reference!r} does not exist; give an ADM-layout .npz of real images "
                 "(e.g. VIRTUAL_imagenet256_labeled.npz), or set eval.every=0",
                 "reference",
+            )
+        if self.every and self.inception and not Path(self.inception).expanduser().is_file():
+            raise RecipeError(
+                f"Inception weights {self.inception!r} do not exist; give the path of "
+                "pt_inception-2015-12-05-6726825d.pth, or leave it empty to use the haste or torch.hub cache",
+                "inception",
             )

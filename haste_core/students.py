@@ -17,6 +17,7 @@ the first mismatching key (in the student's own order) and both shapes.
 from __future__ import annotations
 
 import argparse
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,14 +57,16 @@ def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            # memory-mapped when the file allows it (torch's zip format): a REPA checkpoint also holds the optimiser
+            # state, and under torchrun every rank reads the file; only the weights used are then paged in
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}; expected a dict of weights")
     if raw.get("format") == HASTE_FORMAT:
-        projector = raw.get("alignments", {}).get("repa", {})
         recipe = raw.get("recipe") or {}
+        projector = _first_repa_state(raw.get("alignments") or {}, recipe)
         return PublishedCheckpoint(
             path, "haste", raw["student"], raw["ema"], dict(projector), dict(projector),
             student_name=(recipe.get("student") or {}).get("name"),
@@ -80,6 +83,14 @@ def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
         f"opt, args, steps), a plain state dict (official DiT) or a haste run checkpoint; found keys "
         f"{sorted(map(str, raw))[:8]}"
     )
+
+
+def _first_repa_state(alignments: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Tensor]:
+    """The state of the run's first ``repa`` alignment still in the checkpoint (labelled ``repa``, or ``repa_<i>``
+    when the recipe lists several; haste_core.recipe's labelling rule), or {} when none is left."""
+    names = [node.get("name") for node in recipe.get("alignment") or [] if isinstance(node, dict)]
+    labels = [name if names.count(name) == 1 else f"{name}_{i}" for i, name in enumerate(names) if name == "repa"]
+    return next((dict(alignments[label]) for label in labels if label in alignments), {})
 
 
 def _split_projector(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

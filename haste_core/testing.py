@@ -34,6 +34,7 @@ from haste_core.interfaces import (
 from haste_core.registry import Entry
 
 SMALL_DATA = DataSpec(x_shape=(4, 16, 16), image_shape=(3, 16, 16), num_classes=10, num_items=64)
+CAPTURE_CHECK_STD = 0.05  # random weights for the capture check: logits of spread ~0.1-1, predictions ~1
 MAX_REAL_PARAMS = 50_000_000  # bigger students and teachers are checked on the meta device (shapes only)
 
 
@@ -114,7 +115,9 @@ def check_student(component: Entry | type, *, data: DataSpec | None = None, batc
         return model
     if model.zero_init:
         assert not plain.pred.any(), f"{entry.name} says zero_init but predicts non-zero values at initialisation"
-    _scramble(model)  # zero-initialised gates would hide any difference between the two paths
+    # zero-initialised gates would hide any difference between the two paths, and weights of DiT's init scale
+    # (0.02) leave the attention almost uniform, which hides a wrong logit scale or softmax axis
+    _scramble(model, std=CAPTURE_CHECK_STD)
     with torch.no_grad():
         plain = model(x_t, t, cond).pred
         captured = model(x_t, t, cond, capture=Capture(hidden=every, attn=every)).pred

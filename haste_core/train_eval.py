@@ -49,12 +49,15 @@ class FIDEvaluator:
         return last or step % self.config.every == 0
 
     def _pool(self, images: torch.Tensor) -> np.ndarray:
+        """Inception pool features in float32 even inside the trainer's autocast, so that the samples' features are
+        computed exactly as the reference's were."""
         parts = []
         for start in range(0, len(images), self.config.batch):
             chunk = images[start : start + self.config.batch].to(self.env.device)
             if chunk.shape[1] == 1:  # grey images: the same channel three times, as RGB viewers show them
                 chunk = chunk.expand(-1, 3, -1, -1)
-            parts.append(self.network(chunk)["pool"].double().cpu().numpy())
+            with torch.autocast(self.env.device.type, enabled=False):
+                parts.append(self.network(chunk)["pool"].double().cpu().numpy())
         return np.concatenate(parts)
 
     @torch.no_grad()

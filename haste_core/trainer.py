@@ -28,65 +28,20 @@ from haste_core import checkpoint, distributed, probe
 from haste_core.data import DataStream
 from haste_core.distributed import DistEnv
 from haste_core.ema import EMA
-from haste_core.errors import HasteError
-from haste_core.interfaces import (
-    Alignment,
-    Capture,
-    Objective,
-    RunContext,
-    Student,
-    Teacher,
-    TeacherOutput,
-    TrainingPair,
-)
-from haste_core.metrics import BYTES_PER_MB, MetricWindow, format_metrics, non_finite
+from haste_core.interfaces import Alignment, Capture, Objective, RunContext, Student, Teacher, TeacherOutput
+from haste_core.metrics import BYTES_PER_MB, MetricWindow, check_finite, format_metrics
 from haste_core.phase import PhasePlan, Stop
 from haste_core.plugins import Plugins
 from haste_core.recipe import Recipe
 from haste_core.sampling import sample_grid, save_png
 from haste_core.students import import_checkpoint, read_checkpoint
+from haste_core.train_step import TrainStep
 
 log = logging.getLogger("haste")
 
 # Offsets the per-rank training seed from the model-initialisation seed, so the two streams differ.
 _TRAIN_SEED_OFFSET = 1_000_003
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainStep(nn.Module):
-    """The student and the active alignments' heads: the module DDP wraps and the loss comes out of."""
-
-    def __init__(
-        self,
-        student: Student,
-        objective: Objective,
-        alignments: dict[str, Alignment],
-        weights: dict[str, float],
-        teacher_of: dict[str, str],
-    ) -> None:
-        super().__init__()
-        self.student = student
-        self.alignments = nn.ModuleDict(alignments)
-        self.objective, self.weights, self.teacher_of = objective, weights, teacher_of
-        capture = Capture()
-        for alignment in alignments.values():
-            capture = capture | alignment.student_capture()
-        self.capture = capture or None  # None: pure fused attention everywhere
-        self.scales: dict[str, float] = {}  # label -> factor on its weight this step (fade); set by the trainer
-
-    def forward(
-        self, x_t: Tensor, t: Tensor, cond: Tensor, target: Tensor, teacher_outputs: dict[str, TeacherOutput]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.student(x_t, t, cond, capture=self.capture)
-        denoise = self.objective.loss(out.pred, TrainingPair(x_t=x_t, t=t, target=target))
-        total, parts = denoise, {"loss/denoise": denoise}
-        for label, alignment in self.alignments.items():
-            loss, extra = alignment(out, teacher_outputs[self.teacher_of[label]])
-            total = total + self.weights[label] * self.scales.get(label, 1.0) * loss
-            parts[f"align/{label}"] = loss
-            parts.update({f"align/{label}/{key}": value for key, value in extra.items()})
-        parts["loss/total"] = total
-        return total, parts
 
 
 class Trainer:
@@ -101,6 +56,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = recipe.precision.tf32
             torch.backends.cudnn.allow_tf32 = recipe.precision.tf32
 
+        self.evaluator = None  # in-training FID (recipe section `eval`); built first: missing weights fail at once
+        if recipe.eval.every:
+            from haste_core.train_eval import FIDEvaluator
+
+            self.evaluator = FIDEvaluator(recipe.eval, recipe.sampling, env)
         torch.manual_seed(recipe.run.seed)  # the same initial weights on every rank
         self.dataset = recipe.data.build(split="train")
         self.student: Student = recipe.student.build(data=recipe.data_spec).to(device)
@@ -151,11 +111,6 @@ class Trainer:
             self.dataset.set_images_needed(False)
         self.module = self._wrap()
         self.window = MetricWindow(device, recipe.data.global_batch_size)
-        self.evaluator = None  # in-training FID (recipe section `eval`), built only when asked for
-        if recipe.eval.every:
-            from haste_core.train_eval import FIDEvaluator
-
-            self.evaluator = FIDEvaluator(recipe.eval, recipe.sampling, env)
         self._probe_log: dict[str, float] = {}  # the last gradient probe's health figures, logged once
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.run = RunContext(
@@ -304,8 +259,7 @@ class Trainer:
     def _probe(self, step_module: TrainStep, args: tuple[Any, ...]) -> dict[str, Tensor]:
         """The gradient probe (``haste_core.probe``) when a policy asks for it at this step; its time is logged as
         ``perf/probe_s`` and left out of ``perf/step_s``."""
-        every = self.plan.probe_every()
-        if not every or not self.plan.active or (self.step + 1) % every:
+        if not self.plan.active or not self.plan.probe_due(self.step + 1):
             return {}
         started = time.perf_counter()
         weights = {label: step_module.weights[label] * step_module.scales.get(label, 1.0) for label in self.plan.active}
@@ -327,7 +281,8 @@ class Trainer:
 
     def _epochs_done(self) -> Tensor:
         """Completed epochs of the training stream (a CPU float; no device sync), for ``fixed_epoch``."""
-        return torch.tensor(self.stream.epoch + self.stream.batch / self.stream.sampler.batches_per_epoch)
+        done = self.stream.epoch + self.stream.batch / self.stream.sampler.batches_per_epoch
+        return torch.tensor(done, dtype=torch.float64)  # float32 cannot tell batches apart in long epochs
 
     def _needed_teachers(self) -> list[str]:
         return sorted({self.nodes[label].teacher for label in self.plan.active})
@@ -393,14 +348,7 @@ class Trainer:
             metrics[f"termination/would_fire/{name}"] = float(step)
         if stops and not self.plan.active:
             metrics["termination/fired"] = float(self.step)
-        bad = non_finite({key: value for key, value in metrics.items() if key.startswith(("loss/", "align/"))})
-        if bad:
-            latest = checkpoint.latest_path(self.recipe.run_dir)
-            saved = f"the last checkpoint is {latest}" if latest.is_file() else "no checkpoint was written yet"
-            raise HasteError(
-                f"training diverged: {', '.join(bad)} became NaN or infinite by step {self.step}; {saved}. "
-                "Lower optimizer.lr, keep optimizer.grad_clip on, or use precision.dtype=bf16 or fp32 instead of fp16."
-            )
+        check_finite(metrics, self.step, checkpoint.latest_path(self.recipe.run_dir))
         if self.env.is_main:
             log.info(format_metrics(self.step, self.recipe.run.max_steps, metrics))
         return metrics

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,11 @@ from haste_core.errors import HasteError
 
 HUB, NONE = "hub", "none"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-PROBE_TIMEOUT_S = 3.0  # one TCP connection attempt to the hub endpoint before any download (fail-fast offline)
+PROBE_TIMEOUT_S = 2.0  # one TCP connection (with its name lookup) to the hub or proxy before any download; a
+# reachable hub answers in well under a second, and the whole offline failure must stay under 5 s
 ETAG_TIMEOUT_S = 10.0  # huggingface_hub's own default for the metadata request, once the probe succeeded
+DIFFUSERS_CONFIG = ("config.json",)  # a diffusers model folder: config plus weights (diffusers' default names)
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 STATE_DICT_KEYS = ("state_dict", "model")  # containers training scripts wrap state dicts in (MAE: "model")
 
 
@@ -39,6 +44,14 @@ class HubFile:
 
     def __str__(self) -> str:
         return f"{self.repo_id}/{self.filenames[0]}"
+
+
+def diffusers_hub_files(name_or_folder: str) -> list[HubFile]:
+    """What ``from_pretrained`` of a diffusers model (the SD-VAE) reads from the hub: its config and weights;
+    nothing for a local folder."""
+    if Path(name_or_folder).expanduser().is_dir():
+        return []
+    return [HubFile(name_or_folder, DIFFUSERS_CONFIG), HubFile(name_or_folder, DIFFUSERS_WEIGHTS)]
 
 
 def is_file_setting(setting: str) -> bool:
@@ -87,40 +100,70 @@ def cached(hub: HubFile) -> Path | None:
     return None
 
 
-def missing_message(what: str, hub: HubFile, why: str) -> str:
-    """The fail-fast message: what is missing, from where, and the three ways to supply it."""
+def missing_message(what: str, hub: HubFile, why: str, local: str = "") -> str:
+    """The fail-fast message: what is missing, from where, and the ways to supply it. ``local``: how the recipe
+    names a local copy instead of the default ``weights:`` file (then no ``haste_resolve_weights`` way either)."""
     names = " or ".join(repr(f) for f in hub.filenames)
+    setting = local or f"weights: /path/to/{hub.filenames[0]}"
+    ways = [
+        f"put the file on this machine and give its path in the recipe ({setting})",
+        "on a machine with internet run `python -m haste_core.prefetch RECIPE.yaml`, which stores them in the cache, "
+        "and share or copy that cache here (HF_HOME / HF_HUB_CACHE)",
+    ]
+    if not local:
+        ways.append("install a plugin whose haste_resolve_weights hook returns the file's path")
+    numbered = "; ".join(f"({i}) {way}" for i, way in enumerate(ways, 1))
     return (
         f"{what}: the weights are not in the Hugging Face cache ({hub_cache_dir()}) and {why}. Expected hub id "
-        f"'{hub.repo_id}', file {names}. Supply them in one of three ways: (1) put the file on this machine "
-        f"and give its path in the recipe (weights: /path/to/{hub.filenames[0]}); (2) on a machine with internet "
-        f"run `python -m haste_core.prefetch RECIPE.yaml`, which stores them in the cache, and share or copy that "
-        f"cache here (HF_HOME / HF_HUB_CACHE); (3) install a plugin whose haste_resolve_weights hook returns the "
-        "file's path"
+        f"'{hub.repo_id}', file {names}. Supply them in one of {len(ways)} ways: {numbered}"
     )
 
 
-def _probe(endpoint: str) -> str | None:
-    """Why the hub endpoint cannot be reached (one TCP connection, a few seconds at most), or None."""
+def _first_hop(endpoint: str) -> tuple[str, int, str]:
+    """Host, port and a description of where a request to ``endpoint`` goes first: the proxy that the
+    ``https_proxy``/``http_proxy`` variables name for it (unless ``no_proxy`` exempts the host), else the endpoint."""
     url = urlparse(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=PROBE_TIMEOUT_S):
-            return None
-    except OSError as exc:
-        return f"{endpoint} cannot be reached ({exc.__class__.__name__}: {exc})"
+    host = url.hostname or ""
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        return via.hostname or "", via.port or (443 if via.scheme == "https" else 80), f"{endpoint} (proxy {proxy})"
+    return host, url.port or (443 if url.scheme == "https" else 80), endpoint
 
 
-def fetch(hub: HubFile, what: str) -> Path:
-    """The cached file, downloading it if needed; a ``HasteError`` within seconds when offline."""
+def _probe(endpoint: str) -> str | None:
+    """Why the hub endpoint cannot be reached, or None; one TCP connection (name lookup included) bounded by
+    ``PROBE_TIMEOUT_S``: it runs in a daemon thread because a lookup with no reachable DNS server ignores the
+    socket timeout and can hang for tens of seconds."""
+    host, port, where = _first_hop(endpoint)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+                outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{where} cannot be reached ({exc.__class__.__name__}: {exc})")
+
+    thread = threading.Thread(target=connect, name="haste-hub-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S)
+    if not outcome:
+        return f"{where} did not answer within {PROBE_TIMEOUT_S:g} s (no network?)"
+    return outcome[0]
+
+
+def fetch(hub: HubFile, what: str, local: str = "") -> Path:
+    """The cached file, downloading it if needed; a ``HasteError`` within seconds when offline (``local``: see
+    ``missing_message``)."""
     found = cached(hub)
     if found is not None:
         return found
     if hub_offline():
-        raise HasteError(missing_message(what, hub, "HF_HUB_OFFLINE is set"))
+        raise HasteError(missing_message(what, hub, "HF_HUB_OFFLINE is set", local))
     unreachable = _probe(hub_endpoint())
     if unreachable:
-        raise HasteError(missing_message(what, hub, unreachable))
+        raise HasteError(missing_message(what, hub, unreachable, local))
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -166,11 +209,18 @@ def resolve(
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file or of a ``torch.save``d state dict (unwrapped from ``state_dict``
     or ``model`` if it sits in one), loaded on the CPU without executing pickled code."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state: Any = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated files, TorchScript archives, pickles of whole models: all unreadable here
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        raise HasteError(
+            f"cannot read {path} as a state dict ({exc.__class__.__name__}: {first_line}); "
+            "give a .safetensors file or a torch.save'd state dict (a TorchScript or whole-model pickle will not do)"
+        ) from None
     for key in STATE_DICT_KEYS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]

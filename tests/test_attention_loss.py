@@ -87,6 +87,15 @@ def test_head_mappings_give_teacher_shaped_logits(heads):
     assert trainable == ({"mixing.0": (4, 8)} if heads == "learned" else {})
 
 
+def test_learned_mixing_keeps_fp32_logits_under_autocast():
+    module = alignment(8, heads="learned")
+    student = logits(2, 8, 16, 16, seed=7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mapped = module.map_heads(student)
+    assert mapped.dtype == torch.float32
+    assert torch.allclose(mapped, torch.einsum("ts,bsqk->btqk", module.mixing[0], student), atol=1e-6)
+
+
 def test_learned_mixing_is_trained_by_the_loss():
     module = alignment(6, heads="learned", pairs=((4, 8), (5, 9)))
     assert [tuple(p.shape) for p in module.mixing] == [(4, 6), (4, 6)]
@@ -119,6 +128,7 @@ def test_impossible_head_mappings_are_refused(heads_student, heads, message):
         ({"pair_weights": (1.0,), "pairs": ((4, 8), (5, 9))}, "give one weight per pair: 2 pairs, 1 weights"),
         ({"query_fraction": 0.0}, "must be in (0, 1], got 0.0"),
         ({"temperature": -1.0}, "must be positive, got -1.0"),
+        ({"pair_weights": (0.0,)}, "pair_weights: weights must be 0 or more with a positive sum, got [0.0]"),
     ],
 )
 def test_bad_settings_are_refused(config, message):
@@ -152,3 +162,56 @@ def test_query_fraction_uses_a_random_share_of_rows():
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     full = attention_loss_naive(s[4], t[8]).loss
     assert abs(loss.item() - full.item()) > 1e-4  # a subset, not all rows
+
+
+@pytest.mark.parametrize("kind", ["cross_entropy", "kl"])
+@pytest.mark.parametrize(("temperature", "chunk_elements"), [(1.0, 1), (0.3, 5), (2.5, 10_000)])
+def test_the_hand_written_backward_passes_gradcheck_in_float64(kind, temperature, chunk_elements):
+    generator = torch.Generator().manual_seed(11)
+    student = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64).requires_grad_(True)
+    teacher = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return attention_loss(x, teacher, kind=kind, temperature=temperature, chunk_elements=chunk_elements).loss
+
+    assert loss(student).dtype == torch.float64  # fp32 at least: fp64 logits are not rounded to fp32
+    assert torch.autograd.gradcheck(loss, (student,), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("heads", ["first", "mean", "learned"])
+@pytest.mark.parametrize(("query_fraction", "pair_weights"), [(1.0, ()), (0.5, (3.0, 1.0))])
+def test_the_alignment_passes_gradcheck_with_every_option(heads, query_fraction, pair_weights):
+    config = {"pairs": ((4, 8), (5, 9)), "heads": heads, "kind": "kl", "temperature": 0.7, "chunk_elements": 7}
+    module = alignment(8, query_fraction=query_fraction, pair_weights=pair_weights, **config).double()
+    generator = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        for mixing in module.mixing:  # away from the symmetric starting point
+            mixing.add_(0.1 * torch.randn(mixing.shape, generator=generator, dtype=torch.float64))
+    students = [torch.randn(1, 8, 4, 4, generator=generator, dtype=torch.float64).requires_grad_(True) for _ in "ab"]
+    teachers = {block: torch.randn(1, 4, 4, 4, generator=generator, dtype=torch.float64) for block in (8, 9)}
+
+    def loss(s4: torch.Tensor, s5: torch.Tensor, *mixings: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)  # the same query rows at every evaluation
+        out, _ = module(StudentOutput(pred=s4, attn_logits={4: s4, 5: s5}), TeacherOutput(attn_logits=teachers))
+        return out
+
+    # fast mode: the Jacobian along random directions (the full check of the loss itself is above)
+    assert torch.autograd.gradcheck(loss, (*students, *module.mixing), eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
+
+
+def test_backward_keeps_only_the_input_logits_not_softmax_copies():
+    student = logits(2, 4, 16, 16, seed=13).requires_grad_(True)
+    teacher = logits(2, 4, 16, 16, seed=14)
+    for loss_fn, most in ((attention_loss, 2 * student.numel()), (attention_loss_naive, 3 * student.numel())):
+        saved: list[int] = []
+
+        def pack(tensor: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(tensor.numel())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss_fn(student, teacher).loss.backward()
+        if loss_fn is attention_loss:
+            assert sum(saved) == most  # the student's and the teacher's logits themselves, nothing else
+        else:
+            assert sum(saved) >= most  # plain autograd keeps softmax-sized tensors as well

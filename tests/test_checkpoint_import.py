@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from haste_core import distributed
+from haste_core import distributed, run_folder
 from haste_core.errors import CheckpointError, RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, TeacherSpec
-from haste_core.students import import_checkpoint, read_checkpoint
+from haste_core.students import _split_projector, import_checkpoint, load_weights, read_checkpoint
 from haste_core.testing import _scramble
 from haste_core.trainer import Trainer
 
@@ -104,6 +104,56 @@ def test_official_dit_state_dict_with_learned_sigma_loads_exactly(tmp_path, plug
     assert import_checkpoint(tmp_path / "DiT-micro-2.pt", fresh).layout == "dit"
     pred = outputs(fresh)
     assert pred.shape[1] == 2 * DIGITS.x_shape[0] and torch.equal(pred, outputs(original))
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # pre-zip torch.save format
+    import_checkpoint(tmp_path / "legacy.pt", other := build(plugins, "dit_micro_2", 3))
+    assert torch.equal(outputs(other), outputs(original))
+
+
+def published_shapes(depth: int, width: int, patch: int, out_channels: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of REPA's SiT / official DiT state dicts at 256 px (4×32×32 latents, 1000 classes + the null row),
+    written out from their module definitions (haste_spec.md §1.1-1.3), independently of our code."""
+    tokens, channels = (32 // patch) ** 2, 4
+    linear = {"attn.qkv": (3 * width, width), "attn.proj": (width, width), "mlp.fc1": (4 * width, width),
+              "mlp.fc2": (width, 4 * width), "adaLN_modulation.1": (6 * width, width)}  # fmt: skip
+    shapes = {
+        "x_embedder.proj.weight": (width, channels, patch, patch), "x_embedder.proj.bias": (width,),
+        "pos_embed": (1, tokens, width), "y_embedder.embedding_table.weight": (1001, width),
+        "t_embedder.mlp.0.weight": (width, 256), "t_embedder.mlp.0.bias": (width,),
+        "t_embedder.mlp.2.weight": (width, width), "t_embedder.mlp.2.bias": (width,),
+        "final_layer.linear.weight": (patch * patch * out_channels, width),
+        "final_layer.linear.bias": (patch * patch * out_channels,),
+        "final_layer.adaLN_modulation.1.weight": (2 * width, width),
+        "final_layer.adaLN_modulation.1.bias": (2 * width,),
+    }  # fmt: skip
+    for i in range(depth):
+        for module, (rows, cols) in linear.items():
+            shapes[f"blocks.{i}.{module}.weight"], shapes[f"blocks.{i}.{module}.bias"] = (rows, cols), (rows,)
+    assert set(shapes) == repa_backbone_keys(depth)
+    return shapes
+
+
+@pytest.mark.parametrize(("name", "out_channels"), [("sit_xl_2", 4), ("dit_xl_2", 8), ("sit_b_2", 4)])
+def test_published_xl_and_b_checkpoints_fit_our_students_shape_for_shape(name, out_channels, plugins):
+    """REPA/HASTE SiT (no learned sigma, 4 output channels) and official DiT (learned sigma, 8) at full size."""
+    imagenet = DataSpec(x_shape=(4, 32, 32), image_shape=(3, 256, 256), num_classes=1000, num_items=1)
+    entry = plugins.registry("students").get(name)
+    with torch.device("meta"):
+        student = entry.build(entry.cls.Config(), data=imagenet)
+        shapes = published_shapes(student.depth, student.hidden_size, 2, out_channels)
+        state = {key: torch.empty(shape) for key, shape in shapes.items()}
+        load_weights(student, state, source="published", target=name)  # shapes checked key by key, then loaded
+        repa = plugins.registry("alignments").get("repa")
+        dinov2_b = TeacherSpec(name="dinov2_vitb14", depth=12, embed_dim=768, num_heads=12, grid=16)
+        spec = StudentSpec(name=name, depth=student.depth, hidden_size=student.hidden_size, num_heads=16, grid=16)
+        alignment = repa.build(repa.cls.Config(student_block=7), student=spec, teacher=dinov2_b)
+        width = student.hidden_size
+        projector = {"projectors.0.0": (2048, width), "projectors.0.2": (2048, 2048), "projectors.0.4": (768, 2048)}
+        repa_state = {f"{k}.weight": torch.empty(v) for k, v in projector.items()}
+        repa_state |= {f"{k}.bias": torch.empty(v[0]) for k, v in projector.items()}
+        _, ours = _split_projector(repa_state)
+        load_weights(alignment, ours, source="published", target="the repa projector")
+    count = sum(torch.Size(shape).numel() for shape in shapes.values())
+    assert count / 1e6 == pytest.approx({"sit_xl_2": 675.1, "dit_xl_2": 675.1, "sit_b_2": 130.5}[name], rel=0.002)
 
 
 def test_mismatched_checkpoint_names_the_first_key_and_both_shapes(tmp_path, plugins):
@@ -128,7 +178,44 @@ def test_init_from_starts_student_ema_and_projector_from_a_repa_checkpoint(tmp_p
     projector = trainer.alignments["repa"].projector
     assert torch.equal(projector[0].bias, saved["model"]["projectors.0.0.bias"])
     with pytest.raises(RecipeError, match=r"run\.init_from: checkpoint 'nope\.pt' does not exist"):
-        tiny("run.init_from=nope.pt")
+        run_folder.resume_source(tiny("run.init_from=nope.pt"))
+
+
+def test_a_resumed_run_no_longer_needs_its_init_from_file(tmp_path, tiny, plugins):
+    live = build(plugins, "sit_micro_2", 1)
+    write_repa_checkpoint(tmp_path / "repa.pt", live, live)
+    overrides = (f"run.init_from={tmp_path / 'repa.pt'}", "run.max_steps=1", "run.checkpoint_every=1")
+    recipe = tiny(*overrides)
+    assert run_folder.resume_source(recipe) is None  # fresh: the file is there
+    run_folder.write_recipe(recipe)
+    Trainer(recipe, plugins, CPU).fit()
+    (tmp_path / "repa.pt").unlink()  # moved or deleted after the start
+    resumed = tiny(*overrides[:1], "run.max_steps=2", "run.checkpoint_every=1")
+    source = run_folder.resume_source(resumed)
+    assert source == resumed.run_dir / "checkpoints" / "latest.pt"
+    trainer = Trainer(resumed, plugins, CPU, resume_from=source)  # resumes without reading init_from
+    assert trainer.step == 1
+
+
+def test_haste_checkpoint_gives_the_projector_of_its_first_repa_alignment(tmp_path, plugins):
+    from haste_core.checkpoint import FORMAT
+
+    student = build(plugins, "sit_micro_2", 1)
+    first, second = ({k[len("projectors.0.") :]: v for k, v in projector_state(seed).items()} for seed in (1, 2))
+    raw = {
+        "format": FORMAT,
+        "student": student.state_dict(),
+        "ema": student.state_dict(),
+        "alignments": {"attention": {}, "repa_1": {f"projector.{k}": v for k, v in first.items()},
+                       "repa_2": {f"projector.{k}": v for k, v in second.items()}},
+        "recipe": {"student": {"name": "sit_micro_2"},
+                   "alignment": [{"name": "attention"}, {"name": "repa"}, {"name": "repa"}]},
+    }  # fmt: skip
+    torch.save(raw, tmp_path / "run.pt")
+    read = read_checkpoint(tmp_path / "run.pt")
+    assert read.layout == "haste" and read.student_name == "sit_micro_2"
+    assert set(read.projector) == {f"projector.{k}" for k in first}
+    assert torch.equal(read.projector["projector.4.weight"], first["4.weight"])
 
 
 def test_export_writes_ema_weights_only(tmp_path, tiny, plugins):

@@ -105,6 +105,27 @@ def test_a_short_run_on_latents(folder, tmp_path):
     assert (tmp_path / "r" / "samples" / "step_00000002.png").is_file()
 
 
+def test_posterior_samples_make_a_resumed_run_identical(folder, tmp_path):
+    from haste_core import checkpoint
+
+    def train(out, steps):
+        recipe = tmp_path / f"{out}_{steps}.yaml"
+        recipe.write_text(
+            f"run: {{name: r, output_dir: {tmp_path / out}, max_steps: {steps}, checkpoint_every: 2}}\n"
+            f"data: {{name: latents, path: {folder}, resolution: {RES}, preview: channels, global_batch_size: 4, "
+            "scale: 5.0}\nstudent: {name: sit_micro_2}\nobjective: {name: flow}\nsampling: {num_images: 2, steps: 1}\n"
+        )  # scale 5: posterior noise of std 0.5, large against the mean
+        assert run.main([str(recipe)]) == 0
+        return checkpoint.load(tmp_path / out / "r" / "checkpoints" / "latest.pt")
+
+    straight = train("a", 4)
+    train("b", 2)
+    resumed = train("b", 4)  # continues from step 2: the posterior draws of steps 3 and 4 must be the same
+    assert resumed["step"] == straight["step"] == 4
+    for key, value in straight["student"].items():
+        assert torch.equal(resumed["student"][key], value), key
+
+
 def test_mismatched_settings_are_recipe_errors(folder, tmp_path):
     with pytest.raises(RecipeError, match=r"data\.resolution=32"):
         Latents.describe(Latents.Config(path=str(folder), resolution=256))
@@ -169,6 +190,10 @@ def test_coco_items_captions_and_null_caption(tmp_path):
     conds = data.sample_conds(3)
     assert conds["text"].shape == (3, 6, 8) and conds["pooled"].shape == (3, 4)
     torch.testing.assert_close(conds["text"][2], torch.from_numpy(text[2, 0].astype(np.float32)))
+    picked, first_ten = data.sample_conds_at([9, 2]), data.sample_conds(10)  # generation asks batch by batch
+    for key in ("text", "text_mask", "pooled"):
+        assert torch.equal(picked[key], first_ten[key][[9, 2]])
+    torch.testing.assert_close(picked["text"][0], torch.from_numpy(text[1, 0].astype(np.float32)))  # 9 mod 8 = 1
     null = data.null_caption()
     assert null["text"].shape == (6, 8) and null["text_mask"].tolist() == [True, True, False, False, False, False]
 

@@ -146,3 +146,42 @@ def test_dit_trains_with_ddpm_and_samples(tiny, plugins):
     assert all(torch.isfinite(p).all() for p in trainer.ema.model.parameters())
     assert any(p.abs().sum() > 0 for p in trainer.student.final_layer.parameters())  # it left adaLN-Zero
     assert (recipe.run_dir / "samples" / "step_00000002.png").is_file()
+
+
+def test_ddpm_sampler_settings_are_checked_with_the_recipe(tiny):
+    """Found when the recipe is loaded, not when the first grid is drawn after hours of training."""
+    from haste_core.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"sampling\.sampler: the ddpm sampler needs .*objective 'flow'"):
+        tiny("sampling.sampler=ddpm")
+    with pytest.raises(RecipeError, match=r"sampling\.guidance_high: the ddpm sampler guides every step"):
+        tiny("objective.name=ddpm", "sampling.sampler=ddpm", "sampling.cfg_scale=1.5", "sampling.guidance_high=0.7")
+    assert tiny("objective.name=ddpm", "sampling.sampler=ddpm", "sampling.cfg_scale=1.5").sampling.sampler == "ddpm"
+
+
+def test_ddpm_sampler_draws_its_noise_from_the_given_generator_only():
+    """Sample grids must not consume the training RNG (a resumed run would see other random numbers)."""
+    objective = DDPM(DDPM.Config())
+    model, cond = ExactEps(objective, var_value=0.0), torch.zeros(8, dtype=torch.long)
+    before = torch.get_rng_state()
+    first, second = (
+        ddpm_sample(model, objective, _noise(8), cond, steps=20, generator=torch.Generator().manual_seed(3))
+        for _ in range(2)
+    )
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(first, second)
+    other = ddpm_sample(model, objective, _noise(8), cond, steps=20, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(first, other)
+
+
+def test_learned_sigma_values_pick_beta_at_plus_one_and_the_posterior_variance_at_minus_one():
+    """Two respaced steps (n = 999 → 0): the only noisy step has β ≈ 1 but β̃ ≈ 1e-4, so v = +1 (Σ = β) leaves
+    unit-scale noise in the sample and v = −1 (Σ = β̃) almost none; the final step is noiseless."""
+    objective = DDPM(DDPM.Config())
+    cond = torch.zeros(4000, dtype=torch.long)
+    spreads = {}
+    for value in (1.0, -1.0):
+        generator = torch.Generator().manual_seed(0)
+        x = ddpm_sample(ExactEps(objective, value), objective, _noise(4000), cond, steps=2, generator=generator)
+        spreads[value] = x.std().item()
+    assert spreads[1.0] > 0.9 and spreads[-1.0] < 0.1

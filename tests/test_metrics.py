@@ -3,6 +3,7 @@ network's outputs and weight loading."""
 
 from __future__ import annotations
 
+import urllib.error
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from haste_core.errors import HasteError
-from haste_core.evaluate import all_metrics, inception_score, precision_recall, read_images, write_npz
+from haste_core.evaluate import all_metrics, inception_score, knn_radii, precision_recall, read_images, write_npz
 from haste_core.fid import frechet_distance, frechet_distance_features, gaussian_stats
 
 
@@ -96,6 +97,16 @@ def test_precision_and_recall_of_known_configurations():
         precision_recall(real, real[:3])
 
 
+def test_manifold_radius_is_the_distance_to_the_third_nearest_other_point():
+    points = torch.tensor([[0.0], [1.0], [3.0], [7.0], [15.0]], dtype=torch.float64)
+    # point 0: others at 1, 3, 7, 15 -> 7; point 7: others at 4, 6, 7, 8 -> 7; point 15: 8, 12, 14, 15 -> 14
+    assert knn_radii(points).tolist() == [7.0, 6.0, 4.0, 7.0, 14.0]
+    # precision counts a sample on the boundary of a ball as inside (distance <= radius, as the ADM suite does)
+    fake = np.array([[-7.0], [-7.5]])
+    precision, _ = precision_recall(points.numpy(), np.concatenate([fake, fake + 60]))
+    assert precision == 0.25
+
+
 def test_all_metrics_of_a_set_against_itself():
     rng = np.random.default_rng(3)
     outputs = {"pool": rng.standard_normal((200, 8)), "spatial": rng.standard_normal((200, 6)),
@@ -145,6 +156,9 @@ def test_fid_inception_outputs_and_weight_loading(tmp_path):
     fresh = FIDInception()
     fresh.load_fid_weights(tmp_path / "weights.pth")
     torch.testing.assert_close(fresh(images)["pool"], out["pool"])
+    # Inception Score logits as the ADM suite takes them: pool · Wᵀ of the classifier, without its bias
+    fresh.net.fc.bias.data.fill_(5.0)
+    torch.testing.assert_close(fresh(images)["logits"], out["pool"] @ fresh.net.fc.weight.T)
     with pytest.raises(HasteError, match="uint8"):
         model(images.float())
 
@@ -164,3 +178,12 @@ def test_fid_weights_fail_fast_offline_and_reject_other_files(tmp_path, monkeypa
         find_fid_weights(other)
     with pytest.raises(HasteError, match="do not exist"):
         find_fid_weights(tmp_path / "missing.pth")
+    # online but without network: the download's failure is a clear error too, not a traceback
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(HasteError, match=r"could not download .*Name or service not known"):
+        find_fid_weights()

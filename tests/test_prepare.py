@@ -60,6 +60,16 @@ def test_adm_center_crop_of_a_known_image():
     assert tall.shape == (16, 16, 3)
 
 
+def test_adm_center_crop_halves_with_a_box_filter_while_the_short_side_allows():
+    # 64×32 (W×H) made of constant 4×4 blocks, resolution 8: box-halved twice (32 ≥ 16, 16 ≥ 16) to 16×8, where
+    # each pixel is exactly one block's value; then no resize (8 = resolution) and the centre columns 4..11.
+    # Stopping one halving early (> instead of ≥) or another filter would mix neighbouring blocks.
+    blocks = np.random.default_rng(3).integers(0, 256, (8, 16, 3), dtype=np.uint8)
+    pixels = blocks.repeat(4, axis=0).repeat(4, axis=1)
+    crop = adm_center_crop(Image.fromarray(pixels), 8)
+    assert np.array_equal(crop, blocks[:, 4:12])
+
+
 def test_prepare_imagenet_end_to_end(image_folder, tiny_vae, tmp_path):
     from diffusers import AutoencoderKL
     from haste_data.latents import Latents

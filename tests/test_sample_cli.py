@@ -42,15 +42,20 @@ def test_sample_writes_pngs_npz_and_states_the_labels(trained, tmp_path):
     assert record["step"] == 2 and record["cfg_scale"] == 2.0
 
 
-def test_sample_resumes_and_is_deterministic(trained, tmp_path):
+@pytest.mark.parametrize("sampler", ["euler", "sde"])
+def test_sample_resumes_and_is_deterministic(trained, tmp_path, sampler):
     out = tmp_path / "samples"
-    assert _sample(trained, out) == 0
+    assert _sample(trained, out, "--sampler", sampler) == 0
     first = np.load(tmp_path / "samples.npz")["arr_0"]
     kept = (out / "000003.png").stat().st_mtime_ns
     (out / "000007.png").unlink()  # as if the run had been stopped before image 7
-    assert _sample(trained, out) == 0
+    assert _sample(trained, out, "--sampler", sampler) == 0
     assert (out / "000003.png").stat().st_mtime_ns == kept
-    assert np.array_equal(np.load(tmp_path / "samples.npz")["arr_0"], first)  # image 7 comes back the same
+    assert not list(out.glob(".*.tmp"))
+    # image 7 comes back the same, although it is now drawn in a batch of its own (the SDE's noise is per image)
+    assert np.array_equal(np.load(tmp_path / "samples.npz")["arr_0"], first)
+    assert _sample(trained, tmp_path / "other", "--sampler", sampler, "--batch", "12") == 0
+    assert np.array_equal(np.load(tmp_path / "other.npz")["arr_0"], first)  # whatever the batching
 
 
 def test_label_modes_and_noise_per_image():
@@ -69,3 +74,29 @@ def test_evaluate_fails_fast_without_inception_weights(tmp_path, monkeypatch, ca
     np.savez(tmp_path / "a.npz", arr_0=images)
     assert evaluate_main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz")]) == 2
     assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
+
+
+def test_latent_checkpoints_are_decoded_with_the_vae_even_if_trained_with_channel_previews(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from haste_core.prepared import write_example
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
+    )  # fmt: skip
+    vae.save_pretrained(tmp_path / "vae")
+    folder = write_example(tmp_path / "in32", num_items=4, resolution=32)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"run: {{name: r, output_dir: {tmp_path}, max_steps: 1}}\n"
+        f"data: {{name: latents, path: {folder}, resolution: 32, preview: channels, vae: {tmp_path / 'vae'}, "
+        "global_batch_size: 4}\nstudent: {name: sit_micro_2}\nobjective: {name: flow}\n"
+        "sampling: {num_images: 2, steps: 1}\n"
+    )
+    assert run.main([str(recipe)]) == 0
+    out = tmp_path / "samples"
+    assert _sample(tmp_path / "r" / "checkpoints" / "latest.pt", out, "--num-images", "2") == 0
+    images = np.load(tmp_path / "samples.npz")["arr_0"]
+    assert images.shape == (2, 32, 32, 3)  # VAE-decoded pixels, not 4×4 latent channels shown as RGB

@@ -73,6 +73,29 @@ def test_sde_grid_is_the_reference_one():
     assert student.times == pytest.approx([1.0, 0.76, 0.52, 0.28, 0.04])  # linspace(1, 0.04, 5), then to 0
 
 
+class StillStudent(torch.nn.Module):
+    """Predicts v ≡ 0: on the linear path the SDE's score is then −x/t and its drift v − ½·w·s = w·x/(2t)."""
+
+    def forward(self, x_t, t, cond, capture=None):
+        return StudentOutput(pred=torch.zeros_like(x_t))
+
+
+def _still(noise: torch.Tensor, steps: int) -> torch.Tensor:
+    labels = torch.zeros(len(noise), dtype=torch.long)
+    return sde_sample(StillStudent(), Flow(Flow.Config()), noise, labels, steps=steps,
+                      generator=torch.Generator().manual_seed(2))  # fmt: skip
+
+
+def test_sde_coefficients_in_closed_form():
+    # w(t) = 2t makes the drift x itself. One step (1 -> 0) is the last one: drift only, x + (0 − 1)·x = 0 exactly
+    # (w = t would leave x/2, noise on the last step would leave noise).
+    assert torch.equal(_still(torch.randn(1000, 1), steps=1), torch.zeros(1000, 1))
+    # Two steps (1 -> 0.04 -> 0) from x = 0: x₁ = √w(1)·√0.96·ξ, then x₂ = (1 − 0.04)·x₁ without noise, so
+    # Var x₂ = 0.96² · 2 · 0.96 = 1.769 (w = t: 0.922; noise on the last step: +0.003; standard error 0.018)
+    variance = _still(torch.zeros(COUNT, 1), steps=2).var().item()
+    assert abs(variance - 0.96**2 * 2 * 0.96) < 0.06, variance
+
+
 def test_heun_is_more_accurate_than_euler_at_equal_steps():
     euler, _ = _draw("euler", "linear", 8)
     heun, _ = _draw("heun", "linear", 8)

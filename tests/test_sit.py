@@ -123,6 +123,7 @@ def test_label_dropout_in_training_only(plugins):
 def test_qk_norm_adds_per_head_norms(plugins):
     model = small(plugins, qk_norm=True)
     assert model.blocks[0].attn.q_norm.normalized_shape == (16,)
+    assert model.blocks[0].attn.k_norm.eps == 1e-5  # REPA's timm Attention: nn.LayerNorm's default eps
     assert "blocks.0.attn.k_norm.weight" in model.state_dict()
 
 

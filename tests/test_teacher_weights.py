@@ -33,6 +33,12 @@ def save(state: dict, path) -> str:
     return str(path)
 
 
+def without_proxies(monkeypatch) -> None:
+    """The probe goes through a proxy when the environment names one: keep the machine's own out of the tests."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def facebookresearch_layout(timm_state: dict, *, registers: bool) -> dict:
     """What torch.hub's DINOv2 state dict holds for the same weights: a mask token; with registers, the class
     token's position inside pos_embed and ``register_tokens`` (timm folds that position into cls_token)."""
@@ -134,6 +140,7 @@ def test_offline_hub_fails_at_once_saying_how_to_supply_it(plugins, tmp_path, mo
 
 def test_unreachable_hub_fails_at_once(plugins, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    without_proxies(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
     started = time.perf_counter()
@@ -170,3 +177,46 @@ def test_hub_weights_come_from_the_cache_offline_and_plugins_come_first(plugins,
     assert asked == [("teacher", "dinov2_vits14")]
     with pytest.raises(HasteError, match=r"haste_resolve_weights offered .*gone.pth for teacher dinov2_vits14, but"):
         build(plugins, "dinov2_vits14", weights="hub", resolve=lambda kind, name: tmp_path / "gone.pth")
+
+
+def test_a_hanging_name_lookup_still_fails_at_once(plugins, tmp_path, monkeypatch):
+    """No reachable DNS server: the lookup ignores socket timeouts, so the probe itself must be bounded."""
+    from haste_core import weights
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
+    without_proxies(monkeypatch)
+
+    def hanging_lookup(*args: object, **kwargs: object) -> None:
+        time.sleep(8)  # a name lookup with no reachable DNS server; it ends as a real one would
+        raise OSError("name resolution timed out")
+
+    monkeypatch.setattr(weights.socket, "create_connection", hanging_lookup)
+    started = time.perf_counter()
+    with pytest.raises(HasteError, match=r"https://hub.example did not answer within 2 s .*'timm/vit_small_patch14"):
+        build(plugins, "dinov2_vits14", weights="hub")
+    assert time.perf_counter() - started < FAST_S
+
+
+def test_the_probe_goes_through_the_proxy_when_one_is_set(plugins, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
+    without_proxies(monkeypatch)
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # the discard port: nothing listens
+    started = time.perf_counter()
+    with pytest.raises(HasteError, match=r"https://hub.example \(proxy http://127.0.0.1:9\) cannot be reached"):
+        build(plugins, "dinov2_vits14", weights="hub")
+    assert time.perf_counter() - started < FAST_S
+    monkeypatch.setenv("no_proxy", "hub.example")  # exempted: the endpoint itself is probed
+    with pytest.raises(HasteError, match=r"https://hub.example (did not answer|cannot be reached \()"):
+        build(plugins, "dinov2_vits14", weights="hub")
+
+
+def test_an_unreadable_file_fails_saying_what_would_do(plugins, tmp_path):
+    bad = tmp_path / "dinov2_vits14_pretrain.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(HasteError, match=r"cannot read .*dinov2_vits14_pretrain.pth as a state dict \(.*\); give a "
+                       r"\.safetensors file or a torch.save'd state dict"):  # fmt: skip
+        build(plugins, "dinov2_vits14", weights=str(bad))

@@ -255,3 +255,41 @@ def test_the_docs_example_runs_and_prints_what_it_says(capsys):
     exec(compile(source, "docs/teachers.md", "exec"), {})
     printed = capsys.readouterr().out.strip()
     assert printed == source.strip().splitlines()[-1].lstrip("# ")
+
+
+def test_clip_tower_comes_from_open_clip_public_api_and_a_changed_api_fails_clearly(plugins, monkeypatch):
+    import open_clip
+    from open_clip.transformer import QuickGELU, VisionTransformer
+
+    from haste_core.errors import HasteError
+
+    with torch.device("meta"):
+        openai = build(plugins, "clip_vitb16")
+        laion = build(plugins, "clip_vitb16", pretrained="laion2b_s34b_b88k")
+    assert isinstance(openai.backbone, VisionTransformer) and not hasattr(openai.backbone, "token_embedding")
+    assert isinstance(openai.blocks()[0].mlp.gelu, QuickGELU)  # OpenAI's weights were trained with QuickGELU
+    assert not isinstance(laion.blocks()[0].mlp.gelu, QuickGELU)
+    assert openai.backbone.positional_embedding.shape == (1 + 4 * 4, 768)  # built for 64 px: 4×4 patches
+
+    class TextOnly(torch.nn.Module):
+        pass
+
+    monkeypatch.setattr(open_clip, "create_model", lambda *args, **kwargs: TextOnly())
+    with pytest.raises(HasteError, match=r"open_clip .* builds ViT-L-14 without the image tower API the CLIP teacher "
+                       r"uses \(transformer, ln_post, .* missing; written for open_clip 3.3.0\): install"):  # fmt: skip
+        build(plugins, "clip_vitl14")
+
+
+def test_a_timm_attention_without_the_hooked_modules_fails_clearly(plugins):
+    from haste_core.errors import HasteError
+
+    teacher = build(plugins, "dinov2_vits14")
+    attn = teacher.blocks()[3].attn
+    q_norm = attn.q_norm
+    del attn.q_norm  # what a timm release that renamed it would look like
+    try:
+        with pytest.raises(HasteError, match=r"timm .*'s Attention has no q_norm, which the attention capture of "
+                           r"dinov2_vits14 hooks \(written for timm 1.0.31\)"):  # fmt: skip
+            teacher.encode(images(), frozenset(), frozenset({3}))
+    finally:
+        attn.q_norm = q_norm

@@ -35,6 +35,14 @@ def test_fixed_epoch_fires_when_the_epoch_completes():
     assert first_firing(half, lambda s: {"data/epoch": torch.tensor(s / 7)}) == 4  # 4/7 ≥ 0.5 > 3/7
     with pytest.raises(HasteError, match=re.escape("fixed_epoch needs 'data/epoch'")):
         policy.update(1, {})
+    # 7/10 in float32 is 0.69999999, below the float64 0.7: the policy must still fire at step 7
+    tenths = FixedEpoch(FixedEpoch.Config(epochs=0.7))
+    assert first_firing(tenths, lambda s: {"data/epoch": torch.tensor(s / 10)}) == 7
+    exact = FixedEpoch(FixedEpoch.Config(epochs=0.7))
+    assert first_firing(exact, lambda s: {"data/epoch": torch.tensor(s / 10, dtype=torch.float64)}) == 7
+    late = FixedEpoch(FixedEpoch.Config(epochs=500))  # 500 epochs of 10,007 batches, in float32: not one early
+    assert late.update(1, {"data/epoch": torch.tensor(500 - 1 / 10_007)}) is None
+    assert late.update(2, {"data/epoch": torch.tensor(500.0)}) is not None
 
 
 def falling_then_flat(step: int) -> float:
@@ -81,6 +89,10 @@ def test_plateau_names_a_missing_metric():
     policy = Plateau(Plateau.Config(metric="align/repa"))
     with pytest.raises(HasteError, match=re.escape("plateau: metric 'align/repa' is not among the training values")):
         policy.update(1, {"loss/denoise": torch.tensor(1.0)})
+    seen = Plateau(Plateau.Config(metric="align/attention", window=1))
+    assert seen.update(1, {"align/attention": torch.tensor(1.0)}) is None
+    # attention stopped (its own policy) while a watching plateau on its loss goes on: it waits, it does not fail
+    assert [seen.update(step, {"align/repa": torch.tensor(1.0)}) for step in (2, 3)] == [None, None]
 
 
 def probe_metrics(cosine: float, norm_denoise: float = 2.0, norm_align: float = 1.0) -> dict[str, torch.Tensor]:
@@ -102,6 +114,10 @@ def test_gradient_conflict_needs_patience_consecutive_conflicts():
         return probe_metrics(cosines[step]) if step in cosines else {"loss/denoise": torch.tensor(1.0)}
 
     assert first_firing(policy, metrics) == 35  # 10 and 15 conflict, 20 resets the count, 25-30-35 fire
+    other = GradientConflict(GradientConflict.Config(every=5, threshold=0.0, patience=1))
+    other.bind(["attention"])
+    assert other.update(3, probe_metrics(-0.9)) is None and other.cosines == []  # probed for another policy
+    assert other.update(5, probe_metrics(-0.9)) is not None
     assert policy.cosines[:2] == [(5, pytest.approx(0.3)), (10, pytest.approx(-0.2))]
 
 
@@ -138,6 +154,7 @@ def test_fade_ramps_the_weight_then_fires(shape, expected):
     ("cls", "config", "message"),
     [
         (Fade, {"start": 3, "steps": 0}, "steps: must be at least 1, got 0; for a hard stop use fixed_step"),
+        (Fade, {"start": 0, "steps": 1}, "steps: start 0 and steps 1 leave no step with a positive weight"),
         (Plateau, {"decay": 1.0}, "decay: must be in [0, 1), got 1.0"),
         (GradientConflict, {"threshold": 2.0}, "threshold: a cosine threshold must be in [-1, 1], got 2.0"),
         (FixedEpoch, {"epochs": 0}, "epochs: must be positive, got 0"),
@@ -177,6 +194,9 @@ def test_watch_policies_record_once_and_never_stop_anything(plugins):
     assert list(plan.watch) == ["fixed_step_0", "fixed_step_1", "fade", "gradient_conflict"]
     assert plan.weight_scales(5) == {"repa": 1.0, "attention": 1.0}  # a watching fade changes no weight
     assert plan.probe_every() == 7
+    both = plan_with(plugins, lambda raw: (watch(raw), raw["termination"].update(name="gradient_conflict", every=3)))
+    assert both.probe_every() == 1  # probes at 3, 6, 7, 9, 12, 14...: each policy gets its own steps
+    assert [step for step in range(1, 15) if both.probe_due(step)] == [3, 6, 7, 9, 12, 14]
     assert [plan.update(step, {}) for step in range(1, 10)] == [[]] * 9
     assert plan.active == ["repa", "attention"]
     assert plan.would_fire == {"fixed_step_0": 2, "fixed_step_1": 3, "fade": 8}
@@ -200,4 +220,60 @@ def test_watch_round_trips_through_the_resolved_recipe(plugins):
         validate(raw, plugins)
     raw["termination"]["watch"] = [{"name": "plateau", "windw": 3}]
     with pytest.raises(RecipeError, match=re.escape("termination.watch[0]")):
+        validate(raw, plugins)
+
+
+class TwoBranchStep(torch.nn.Module):
+    """Denoising reaches parameters a and b; alignment 'x' reaches only a, alignment 'y' only b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student = torch.nn.ParameterDict(
+            {"a": torch.nn.Parameter(torch.tensor([1.0, 2.0])), "b": torch.nn.Parameter(torch.tensor([3.0, -1.0]))}
+        )
+
+    def forward(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        a, b = self.student["a"], self.student["b"]
+        denoise = (a**2).sum() + (b**2).sum()  # gradient (2a, 2b) = (2, 4 | 6, -2)
+        parts = {"loss/denoise": denoise, "align/x": (a * torch.tensor([1.0, 0.0])).sum(), "align/y": -b.sum()}
+        return denoise, parts
+
+
+def test_probe_cosines_use_only_the_parameters_each_term_shares_with_denoising():
+    module = TwoBranchStep()
+    metrics = probe.measure(module, (), {"x": 1.0, "y": 2.0}, torch.device("cpu"))
+    # x's gradient is (1, 0) on a: cos with denoise's (2, 4) on a alone, not with all of (2, 4, 6, -2)
+    assert probe.conflict_cosine(metrics, ["x"]) == pytest.approx(2 / math.sqrt(20))
+    # y's (weighted) gradient is (-2, -2) on b: cos with (6, -2) on b
+    assert probe.conflict_cosine(metrics, ["y"]) == pytest.approx(-8 / (math.sqrt(8) * math.sqrt(40)))
+    # both together reach a and b: the sum (1, 0, -2, -2) against the whole denoising gradient
+    both = torch.tensor([1.0, 0.0, -2.0, -2.0]) @ torch.tensor([2.0, 4.0, 6.0, -2.0]) / (3.0 * math.sqrt(60))
+    assert probe.conflict_cosine(metrics, ["x", "y"]) == pytest.approx(both.item())
+    health = probe.health(metrics)
+    assert health["grad/cos/x"] == pytest.approx(2 / math.sqrt(20))
+    norms = [math.sqrt(60), 1.0, math.sqrt(8)]
+    assert health["grad/share/denoise"] == pytest.approx(norms[0] / sum(norms))
+
+
+def test_watch_alone_when_every_alignment_has_its_own_policy(plugins):
+    raw = yaml.safe_load(TINY_RECIPE.read_text())
+    raw["alignment"][0]["termination"] = {"name": "fixed_step", "step": 6}
+    raw["alignment"][1]["termination"] = {"name": "fixed_step", "step": 2}
+    raw["termination"] = {"watch": [{"name": "fixed_step", "step": 4}]}
+    recipe = validate(raw, plugins)
+    assert recipe.termination is None and [node.name for node in recipe.watch] == ["fixed_step"]
+    assert recipe.to_dict()["termination"] == {"watch": [{"name": "fixed_step", "step": 4}]}
+    assert validate(recipe.to_dict(), plugins).to_dict() == recipe.to_dict()
+    plan = PhasePlan(recipe)
+    assert list(plan.policies) == ["repa", "attention"]
+    stops = {step: [s.alignment for s in plan.update(step, {})] for step in range(1, 7)}
+    assert stops == {1: [], 2: ["attention"], 3: [], 4: [], 5: [], 6: ["repa"]}
+    assert plan.would_fire == {"fixed_step": 4}
+    del raw["alignment"][0]["termination"]  # repa now needs a run-wide policy, and watch does not act
+    message = "termination: alignment[0] has no termination policy (termination.watch policies only observe)"
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        validate(raw, plugins)
+    raw["alignment"][0]["termination"] = {"name": "never"}
+    raw["termination"]["name"] = "never"
+    with pytest.raises(RecipeError, match=re.escape("a 'termination' section holding only 'watch: [...]' is allowed")):
         validate(raw, plugins)

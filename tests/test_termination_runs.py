@@ -5,6 +5,7 @@ across or after a termination trains exactly like an uninterrupted run."""
 from __future__ import annotations
 
 import pytest
+import torch
 from haste_data.digits import Digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -120,12 +121,14 @@ RESUME_CASES = {
         "termination={name: fixed_step, step: 6}",
         "termination.watch=[{name: gradient_conflict, every: 1, threshold: 1.0, patience: 5}]",
     ],
+    "learned-heads-mid-phase-one": ["alignment.1.heads=learned", "termination.step=6"],
 }
 EXPECTED_STOPS = {
     "fade-resumed-mid-ramp": {"repa": 5, "attention": 5},
     "plateau-state-carried": {"repa": 6, "attention": 6},
     "staggered-between-stops": {"attention": 2, "repa": 6},
     "watch-state-carried": {"repa": 6, "attention": 6},
+    "learned-heads-mid-phase-one": {"repa": 6, "attention": 6},
 }
 
 
@@ -145,6 +148,26 @@ def test_resume_with_adaptive_policies_gives_identical_training(tiny, plugins, t
     assert straight.plan.state_dict() == resumed.plan.state_dict()
     if case == "watch-state-carried":
         assert straight.plan.would_fire == resumed.plan.would_fire == {"gradient_conflict": 5}
+
+
+def test_learned_head_mixing_belongs_to_the_alignment(tiny, plugins):
+    trainer = trainer_for(
+        tiny("alignment.1.heads=learned", "alignment.1.termination={name: fixed_step, step: 2}"), plugins
+    )
+    mixing = list(trainer.alignments["attention"].mixing)
+    groups = {group["name"]: group["params"] for group in trainer.optimizer.param_groups}
+    assert [tuple(p.shape) for p in groups["align:attention"]] == [(4, 4), (4, 4)]  # one per pair: digits_vit 4 heads
+    assert all(p is q for p, q in zip(groups["align:attention"], mixing, strict=True))
+    assert not any(p is q for p in groups["student"] for q in mixing)
+    start = [p.detach().clone() for p in mixing]
+    trainer.train_step()
+    assert all(not torch.equal(p, q) for p, q in zip(mixing, start, strict=True))  # trained
+    trainer.save_checkpoint()
+    saved = torch.load(trainer.recipe.run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    assert torch.equal(saved["alignments"]["attention"]["mixing.0"], mixing[0])
+    trainer.train_step()  # attention stops after step 2: its mixing goes with its optimiser group and state
+    assert "align:attention" not in [group["name"] for group in trainer.optimizer.param_groups]
+    assert not any(p is q for p in trainer.optimizer.state for q in mixing)
 
 
 def test_staggered_stops_release_the_teacher_after_the_last(tiny, plugins):
@@ -178,3 +201,12 @@ def test_phase_two_decodes_no_images(tiny, plugins, monkeypatch):
         per_step.append(len(decoded) - before)
     # attention stops after step 2, repa (which still needs the teacher's images) after step 6
     assert per_step == [8] * 6 + [0] * 2
+
+
+def test_no_probe_runs_in_phase_two(tiny, plugins):
+    # a watching policy that can never fire (no cosine is below -1) is still undecided when Phase II starts
+    trainer = trainer_for(tiny("termination.watch=[{name: gradient_conflict, every: 2, threshold: -1.0}]"), plugins)
+    logged = fit_logged(trainer)
+    assert trainer.plan.stopped == {"repa": 4, "attention": 4} and trainer.plan.would_fire == {}
+    assert [step for step, m in enumerate(logged, start=1) if "perf/probe_s" in m] == [2, 4]  # not 6, 8
+    assert trainer.plan.probe_every() == 0

@@ -8,10 +8,11 @@ import torch
 from haste_data.digits import load_split
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from haste_core import distributed, run_folder
+from haste_core import distributed, run, run_folder
 from haste_core.errors import RecipeError
 from haste_core.evaluate import write_npz
 from haste_core.trainer import Trainer
+from tests.conftest import TINY_RECIPE
 
 CPU = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -53,3 +54,46 @@ def test_eval_needs_an_existing_reference(tiny, tmp_path):
     with pytest.raises(RecipeError, match=r"eval\.reference"):
         tiny("eval.every=10", f"eval.reference={tmp_path / 'missing.npz'}")
     assert "eval" not in tiny().to_dict()  # off by default, and then not written into the resolved recipe
+
+
+class LinearFeatures(torch.nn.Module):
+    """A stand-in Inception network with a layer that autocast would run in bfloat16."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(3 * 8 * 8, 16).requires_grad_(False)
+
+    def forward(self, images):
+        return {"pool": self.layer(images.float().flatten(1) / 255)}
+
+
+def test_inception_features_ignore_the_trainers_autocast(reference, monkeypatch):
+    from haste_core.sections import EvalConfig, SamplingConfig
+    from haste_core.train_eval import FIDEvaluator
+
+    monkeypatch.setattr("haste_core.train_eval.load_fid_inception", lambda path, device: LinearFeatures())
+    evaluator = FIDEvaluator(EvalConfig(every=1, reference=str(reference), batch=16), SamplingConfig(), CPU)
+    images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
+    plain = evaluator._pool(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what Trainer._evaluate runs the evaluator in
+        assert np.array_equal(evaluator._pool(images), plain)
+
+
+def test_in_training_fid_without_inception_weights_fails_before_training(
+    tiny, plugins, reference, tmp_path, monkeypatch, capsys
+):
+    from haste_core.errors import HasteError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HASTE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    recipe = tiny("eval.every=2", f"eval.reference={reference}")
+    with pytest.raises(HasteError, match=r"pt_inception-2015-12-05-6726825d\.pth"):
+        Trainer(recipe, plugins, CPU)
+    assert not (recipe.run_dir / "checkpoints").exists()
+    assert run.main([str(TINY_RECIPE), f"run.output_dir={tmp_path / 'runs'}", "eval.every=2",
+                     f"eval.reference={reference}", "--check"]) == 0  # fmt: skip
+    assert "# note: eval: the FID Inception weights are not in" in capsys.readouterr().out
+    with pytest.raises(RecipeError, match=r"eval\.inception"):
+        tiny("eval.every=2", f"eval.reference={reference}", f"eval.inception={tmp_path / 'missing.pth'}")

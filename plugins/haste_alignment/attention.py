@@ -9,7 +9,9 @@ heads, then every (sample, head, query) row is compared over the N patch keys (`
   H_t divides H_s, else as ``first`` where possible, else uniformly). Mapping acts on logits: B×H_s×N×N →
   B×H_t×N×N.
 - ``kind``: ``cross_entropy`` (HASTE; its value includes the teacher's entropy) or ``kl`` (same gradient, reads 0
-  at perfect alignment). ``temperature`` divides both logits before the softmax.
+  at perfect alignment). ``temperature`` τ divides both logits before the softmax (τ > 1 softens both maps); the
+  loss is not multiplied by τ² as in Hinton-style distillation, so its gradient is (Q − P)/τ: fold τ² into the
+  weight to keep the gradient scale of τ = 1.
 - ``query_fraction`` < 1 draws that share of query rows at random each step (the same rows for every pair);
   the loss is then an unbiased estimate at a fraction of the cost.
 - ``pair_weights``: the loss is Σ w_p·L_p / Σ w_p (default: equal weights, HASTE's mean over pairs).
@@ -77,7 +79,9 @@ class AttentionDistillation(Alignment):
                     "pair_weights",
                 )
             if any(w < 0 for w in self.pair_weights) or (self.pair_weights and sum(self.pair_weights) <= 0):
-                raise RecipeError(f"weights must be 0 or more with a positive sum, got {list(self.pair_weights)}")
+                raise RecipeError(
+                    f"weights must be 0 or more with a positive sum, got {list(self.pair_weights)}", "pair_weights"
+                )
             if self.chunk_elements < 1:
                 raise RecipeError(f"must be positive, got {self.chunk_elements}", "chunk_elements")
 
@@ -147,7 +151,8 @@ class AttentionDistillation(Alignment):
             group = self.student_heads // self.teacher_heads
             return logits_BHNN.reshape(batch, self.teacher_heads, group, queries, keys).mean(dim=2)
         mixing = self.mixing[pair_index].to(logits_BHNN.dtype)
-        return torch.einsum("ts,bsqk->btqk", mixing, logits_BHNN)
+        with torch.autocast(logits_BHNN.device.type, enabled=False):  # keep fp32 logits fp32 under bf16 autocast
+            return torch.einsum("ts,bsqk->btqk", mixing, logits_BHNN)
 
     def _query_rows(self, queries: int, device: torch.device) -> Tensor | None:
         if self.config.query_fraction >= 1.0:

@@ -88,7 +88,11 @@ class Coco(Latents):
 
     def sample_conds(self, n: int) -> dict[str, Tensor]:
         """The first caption of images 0, 1, ... (repeating when n exceeds the set)."""
-        conds = [self._cond(i % self.base_items, 0) for i in range(n)]
+        return self.sample_conds_at(list(range(n)))
+
+    def sample_conds_at(self, indices: list[int]) -> dict[str, Tensor]:
+        """The first caption of images ``indices`` (modulo the set's size); reads only those."""
+        conds = [self._cond(i % self.base_items, 0) for i in indices]
         return {key: torch.stack([c[key] for c in conds]) for key in conds[0]}
 
     def null_caption(self) -> dict[str, Tensor]:

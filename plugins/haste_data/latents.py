@@ -22,7 +22,8 @@ from haste_core.errors import HasteError, RecipeError
 from haste_core.interfaces import Dataset, DataSpec
 from haste_core.prepared import MANIFEST, ShardedField, read_manifest, write_example
 from haste_core.registry import Registry
-from haste_core.vae import SD_VAE_SCALE
+from haste_core.vae import DEFAULT_VAE, SD_VAE_SCALE
+from haste_core.weights import HubFile, diffusers_hub_files
 
 SD_VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px -> 32×32 latents
 SD_VAE_CHANNELS = 4
@@ -99,6 +100,15 @@ class Latents(Dataset):
         if not (root / MANIFEST).is_file():
             write_example(root, resolution=EXAMPLE_RESOLUTION)
         return cls.Config(path=str(root), resolution=EXAMPLE_RESOLUTION, preview="channels")
+
+    @classmethod
+    def hub_files(cls, config: Config) -> list[HubFile]:
+        """The preview VAE's hub files, for ``python -m haste_core.prefetch`` (the folder's VAE, or the default
+        SD-VAE while the folder is not prepared; none for a local VAE folder or ``preview: channels``)."""
+        if config.preview != "vae":
+            return []
+        manifest = read_checked_manifest(config, cls.kind)
+        return diffusers_hub_files(config.vae or (manifest["vae"] if manifest else DEFAULT_VAE))
 
     @classmethod
     def describe(cls, config: Config) -> DataSpec:

@@ -19,6 +19,7 @@ from haste_core.ops import attention_logits
 TIMESTEP_FREQUENCY_DIM = 256  # sinusoidal embedding width before the MLP (DiT, SiT)
 MAX_PERIOD = 10_000  # base of the sinusoidal frequencies (Transformer, DiT)
 LN_EPS = 1e-6  # LayerNorm eps of DiT/SiT blocks
+QK_NORM_EPS = 1e-5  # REPA/HASTE --qk-norm: timm Attention's nn.LayerNorm with its default eps
 
 
 def modulate(x_BND: Tensor, shift_BD: Tensor, scale_BD: Tensor) -> Tensor:
@@ -108,8 +109,8 @@ class Attention(nn.Module):
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=LN_EPS) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=LN_EPS) if qk_norm else nn.Identity()
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x_BND: Tensor, capture: bool = False) -> tuple[Tensor, Tensor | None]:

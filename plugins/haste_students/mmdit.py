@@ -32,6 +32,7 @@ from haste_core.ops import attention_logits
 from haste_core.registry import Registry
 from haste_students.blocks import (
     LN_EPS,
+    QK_NORM_EPS,
     FinalLayer,
     Mlp,
     PatchEmbed,
@@ -70,8 +71,8 @@ class StreamHalf(nn.Module):
         self.num_heads, self.head_dim, self.pre_only = num_heads, hidden_size // num_heads, pre_only
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=LN_EPS)
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=LN_EPS) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=LN_EPS) if qk_norm else nn.Identity()
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else nn.Identity()
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, (2 if pre_only else 6) * hidden_size))
         if not pre_only:
             self.proj = nn.Linear(hidden_size, hidden_size)

@@ -1,7 +1,8 @@
 """CLIP teachers (open_clip): ``clip_vitb16`` and ``clip_vitl14``, the image towers of CLIP ViT-B/16 and ViT-L/14.
 
 The pretrained tag is a setting (``pretrained: openai`` by default: OpenAI's weights, QuickGELU; any open_clip
-tag of the architecture works, e.g. ``laion2b_s34b_b88k``). Only the vision tower is built. Its blocks use
+tag of the architecture works, e.g. ``laion2b_s34b_b88k``). The model comes from open_clip's public
+``create_model`` (no weights, nothing downloaded); only its image tower is kept. Its blocks use
 ``torch.nn.MultiheadAttention`` with a packed input projection; a forward pre-hook on that module reads its input
 and applies the module's own ``in_proj_weight``/``in_proj_bias`` to get the queries and keys it attends with,
 while the module itself runs unchanged (fused). Block -1 is ``ln_post`` on the patch tokens; REPA's CLIP target
@@ -10,14 +11,17 @@ was the last block before it (``teacher_block: 23`` for ViT-L/14).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from haste_core import hookimpl
-from haste_core.errors import RecipeError
+from haste_core.errors import HasteError, RecipeError
 from haste_core.registry import Registry
 from haste_core.weights import HubFile
 from haste_teachers.vit_teacher import Dims, Sink, ViTTeacher
@@ -28,6 +32,9 @@ DEFAULT_TAG = "openai"
 OPEN_CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip/constants.py
 TOWER_PREFIX = "visual."  # a full CLIP state dict keeps the image tower under this prefix
 CLASS_TOKENS = 1  # open_clip's VisionTransformer has one class token and no registers
+TESTED_OPEN_CLIP = "3.3.0"  # the open_clip_torch release this module was written and tested against
+TOWER_API = ("transformer", "ln_post", "positional_embedding", "patch_size", "forward_intermediates")
+RANDOM_INIT_NOTICE = "No pretrained weights loaded"  # create_model's root-logger warning for pretrained=None
 
 
 class CLIP(ViTTeacher):
@@ -46,13 +53,27 @@ class CLIP(ViTTeacher):
 
     @classmethod
     def build_backbone(cls, config: Config, image_size: int, *, arch: str, **fixed: Any) -> nn.Module:
+        """open_clip's public ``create_model`` without weights (no download); its text tower is dropped."""
         import open_clip
-        from open_clip.model import _build_vision_tower
 
-        model_cfg = open_clip.get_model_config(arch)
         quick_gelu = bool(_pretrained_cfg(arch, config.pretrained).get("quick_gelu", False))
-        vision_cfg = dict(model_cfg["vision_cfg"], image_size=image_size)
-        return _build_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=quick_gelu)
+        with _quiet_random_init_notice():
+            model = open_clip.create_model(
+                arch,
+                pretrained=None,
+                force_quick_gelu=quick_gelu,
+                force_image_size=image_size,
+                device=torch.get_default_device(),  # the meta device when describe() reads the dimensions
+            )
+        tower = getattr(model, "visual", None)
+        missing = [name for name in TOWER_API if not hasattr(tower, name)]
+        if missing or not hasattr(getattr(tower, "transformer", None), "resblocks"):
+            raise HasteError(
+                f"open_clip {open_clip.__version__} builds {arch} without the image tower API the CLIP teacher "
+                f"uses ({', '.join(missing) or 'transformer.resblocks'} missing; written for open_clip "
+                f"{TESTED_OPEN_CLIP}): install open_clip_torch=={TESTED_OPEN_CLIP} or use a DINOv2/MAE teacher"
+            )
+        return tower
 
     @classmethod
     def dims(cls, backbone: nn.Module) -> Dims:
@@ -131,6 +152,22 @@ def _project_qk(attn: nn.MultiheadAttention, x_BND: Tensor) -> tuple[Tensor, Ten
 def _heads(x_BND: Tensor, heads: int) -> Tensor:
     B, N, D = x_BND.shape
     return x_BND.reshape(B, N, heads, D // heads).transpose(1, 2)
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(RANDOM_INIT_NOTICE)
+
+
+@contextmanager
+def _quiet_random_init_notice() -> Iterator[None]:
+    """Hide open_clip's "initialized randomly" warning: the weights are loaded (or not) and logged by us after."""
+    notice = _DropRandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
 
 
 def _pretrained_cfg(arch: str, tag: str) -> dict[str, Any]:

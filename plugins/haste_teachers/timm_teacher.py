@@ -15,10 +15,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from haste_core.errors import HasteError
 from haste_core.weights import HubFile
 from haste_teachers.vit_teacher import Dims, Sink, ViTTeacher
 
 TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm itself tries, in order (timm/models/_hub.py)
+TESTED_TIMM = "1.0.31"  # the timm release this module was written and tested against
+ATTENTION_API = ("q_norm", "k_norm", "scale")  # timm Attention: q, k = q_norm(q), k_norm(k); SDPA at `scale`
 UNUSED_PREFIXES = ("head.",)  # classifier heads: a teacher returns tokens, never logits over classes
 
 
@@ -68,6 +71,14 @@ class TimmTeacher(ViTTeacher):
 
     def hook_attention(self, index: int, sink: Sink) -> list[Any]:
         attn = self.backbone.blocks[index].attn
+        missing = [name for name in ATTENTION_API if not hasattr(attn, name)]
+        if missing:
+            import timm
+
+            raise HasteError(
+                f"timm {timm.__version__}'s {type(attn).__name__} has no {', '.join(missing)}, which the attention "
+                f"capture of {self.name} hooks (written for timm {TESTED_TIMM}): install timm=={TESTED_TIMM}"
+            )
         queries: list[Tensor] = []
 
         def on_q(module: nn.Module, inputs: Any, q_BHND: Tensor) -> None:

@@ -41,6 +41,12 @@ class Fade(Termination):
                 raise RecipeError(f"must be 0 or more, got {self.start}", "start")
             if self.steps < 1:
                 raise RecipeError(f"must be at least 1, got {self.steps}; for a hard stop use fixed_step", "steps")
+            if self.start + self.steps < 2:
+                raise RecipeError(
+                    f"start {self.start} and steps {self.steps} leave no step with a positive weight (step 1 would "
+                    "train at weight 0); use start + steps ≥ 2, or leave the alignment out",
+                    "steps",
+                )
 
     @classmethod
     def example_config(cls, **specs: object) -> Config:
@@ -49,7 +55,7 @@ class Fade(Termination):
     @property
     def last_step(self) -> int:
         """The last aligned step (the one the policy fires after)."""
-        return max(1, self.config.start + self.config.steps - 1)
+        return self.config.start + self.config.steps - 1
 
     def weight_scale(self, step: int) -> float:
         return ramp((step - self.config.start) / self.config.steps, self.config.shape)

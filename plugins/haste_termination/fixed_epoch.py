@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from haste_core import hookimpl
@@ -38,8 +39,11 @@ class FixedEpoch(Termination):
                 f"fixed_epoch needs '{EPOCH_KEY}' (completed epochs) among the values it is given; the haste "
                 "trainer passes it at every step"
             )
-        done = float(metrics[EPOCH_KEY])
-        if done >= self.config.epochs:
+        done = metrics[EPOCH_KEY]
+        # The goal rounded like the value it is compared with (a float32 7/10 is below the float64 0.7); rounding
+        # is monotone, so a position at or past the goal still reads at or past it.
+        goal = torch.tensor(self.config.epochs, dtype=done.dtype)
+        if bool(done.cpu() >= goal):
             return Fired(reason=f"fixed_epoch: {self.config.epochs:g} epochs done at step {step}")
         return None
 

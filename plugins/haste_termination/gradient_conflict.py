@@ -52,6 +52,8 @@ class GradientConflict(Termination):
         return self.config.every
 
     def update(self, step: int, metrics: dict[str, Tensor]) -> Fired | None:
+        if step % self.config.every:
+            return None  # a probe another policy asked for: this one measures every `every` steps only
         cosine = conflict_cosine(metrics, self.terms)
         if cosine is None:
             return None

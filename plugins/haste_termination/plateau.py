@@ -1,7 +1,8 @@
 """``plateau``: stop aligning once the alignment loss has stopped improving.
 
 Each watched value (``metric``, or by default the loss of every alignment the policy governs, ``align/<label>``)
-is smoothed by an exponential moving average (``decay``, bias-corrected) kept on the device. Every ``window``
+is smoothed by an exponential moving average (``decay``, bias-corrected) kept on the device (a ``metric`` that
+disappears once its alignment has stopped is no longer checked, so the policy then never fires). Every ``window``
 steps (from ``min_step`` on) the averages are read once, averaged over ranks, and compared with their values at
 the previous check: the policy fires when every watched value improved (fell) by less than ``tolerance``
 relative to its previous value. Use it when you do not know in advance how long alignment helps: HASTE's
@@ -53,6 +54,8 @@ class Plateau(Termination):
 
     def _keys(self, metrics: dict[str, Tensor]) -> list[str]:
         if self.config.metric:
+            if self.config.metric not in metrics and self.config.metric in self.count:
+                return []  # seen before: its alignment has stopped, so this value has no news any more
             if self.config.metric not in metrics:
                 choices = ", ".join(sorted(key for key in metrics if key.startswith(("loss/", "align/"))))
                 raise HasteError(f"plateau: metric '{self.config.metric}' is not among the training values ({choices})")
