@@ -13,10 +13,12 @@ side by side with their ratios.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -28,9 +30,24 @@ METHODS = {"naive": attention_loss_naive, "chunked": attention_loss}
 BYTES_PER_MB = 2**20
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The profiler's native library writes start/stop lines straight to file descriptor 2; keep them out of the
+    bench's output (Python exceptions still surface after it is restored)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_peak_mb(action: Callable[[], None]) -> float:
     """The highest sum of live bytes that ``action`` allocates on the CPU, from the profiler's memory events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         action()
     changes = sorted(
         (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
