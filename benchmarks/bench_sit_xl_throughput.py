@@ -21,22 +21,17 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
-from torch import Tensor
 
-from haste_core import distributed, hookimpl
-from haste_core.interfaces import Dataset, DataSpec
+from haste_core import distributed
 from haste_core.recipe import load_recipe
-from haste_core.registry import Registry
 from haste_core.trainer import Trainer
 
-LATENT_SHAPE = (4, 32, 32)  # SD-VAE latents of a 256-px image: 256 tokens for SiT-XL/2
-IMAGE_SHAPE = (3, 256, 256)  # what DINOv2 reads (resized to 224 px, a 16×16 grid)
-NUM_CLASSES = 1000  # ImageNet
+DATA = Path(__file__).resolve().parent / "synthetic_latents.py"  # random 4×32×32 latents: 256 tokens for SiT-XL/2
+IMAGE_SHAPE = [3, 256, 256]  # what DINOv2 reads (resized to 224 px, a 16×16 grid)
 # HASTE on SiT-XL/2 (haste_spec.md §3.4-3.6): REPA on block 7, attention pairs (4..7 ← 8..11), λ = 0.5 each
 HASTE = {
     "teacher": {"name": "dinov2_vitb14", "weights": "none"},
@@ -48,54 +43,17 @@ HASTE = {
 }
 
 
-class RandomImageLatents(Dataset):
-    """``num_items`` random latents and uint8 images, drawn once (a benchmark-only data set)."""
-
-    @dataclass(kw_only=True, frozen=True)
-    class Config:
-        num_items: int = 64
-
-    @classmethod
-    def describe(cls, config: Config) -> DataSpec:
-        return DataSpec(
-            x_shape=LATENT_SHAPE, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, num_items=config.num_items
-        )
-
-    def __init__(self, config: Config, *, split: str = "train") -> None:
-        self.config = config
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.randn((config.num_items, *LATENT_SHAPE), generator=generator)
-        self.images = torch.randint(0, 256, (config.num_items, *IMAGE_SHAPE), generator=generator, dtype=torch.uint8)
-
-    @property
-    def spec(self) -> DataSpec:
-        return self.describe(self.config)
-
-    def __len__(self) -> int:
-        return self.config.num_items
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"x": self.x[index], "image": self.images[index], "cond": torch.tensor(index % NUM_CLASSES)}
-
-    def to_images(self, x: Tensor) -> Tensor:
-        return ((x[:, :3].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-@hookimpl
-def haste_register_datasets(registry: Registry) -> None:
-    registry.add("random_image_latents", RandomImageLatents)
-
-
 def build(out: Path, name: str, student: str, batch: int, device: torch.device, aligned: bool) -> Trainer:
     raw = {
         "run": {"name": name, "output_dir": str(out), "max_steps": 1_000_000, "log_every": 1_000_000,
                 "checkpoint_every": 0, "device": device.type},
-        "data": {"name": "random_image_latents", "global_batch_size": batch, "num_items": 2 * batch},
+        "data": {"name": "synthetic_latents", "global_batch_size": batch, "num_items": 2 * batch,
+                 "image_shape": IMAGE_SHAPE},
         "student": {"name": student},
         "objective": {"name": "flow"},
         "optimizer": {"lr": 1.0e-4},
         "precision": {"dtype": "bf16" if device.type == "cuda" else "fp32", "tf32": True},
-        "plugins": [str(Path(__file__).resolve())],
+        "plugins": [str(DATA)],
         **(HASTE if aligned else {}),
     }  # fmt: skip
     path = out / f"{name}.yaml"

@@ -7,7 +7,8 @@ process a group is created (NCCL on GPUs, gloo on CPUs; multi-node through torch
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from haste_core.errors import HasteError
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,20 @@ def setup(device: str = "auto") -> DistEnv:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_command(device: str, work: Callable[[DistEnv], object]) -> int:
+    """A command-line entry's exit status: ``work(env)`` inside the process group, 0 when it succeeds; a
+    ``HasteError`` prints ``error: ...`` (no traceback) and gives 2. The group is shut down either way."""
+    env = setup(device)
+    try:
+        work(env)
+    except HasteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown()
+    return 0
 
 
 def is_initialized() -> bool:

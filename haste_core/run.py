@@ -54,18 +54,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from haste_core.trainer import Trainer  # imported late: --check never pays for it
 
-    env = distributed.setup(recipe.run.device)
-    try:
+    def train(env: distributed.DistEnv) -> None:
         if env.is_main:
             run_folder.write_recipe(recipe)
         distributed.barrier()
         Trainer(recipe, plugins, env, resume_from=resume_from).fit()
-    except HasteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.shutdown()
-    return 0
+
+    return distributed.run_command(recipe.run.device, train)
 
 
 def _summary(recipe: object) -> str:

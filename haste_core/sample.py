@@ -164,15 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--num-images and --batch must be at least 1")
     logging.basicConfig(level=logging.INFO if distributed.env_rank() == 0 else logging.WARNING,
                         format="[haste] %(message)s")  # fmt: skip
-    env = distributed.setup(args.device)
-    try:
-        run(args, env)
-    except HasteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.shutdown()
-    return 0
+    return distributed.run_command(args.device, lambda env: run(args, env))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from haste_core.checkpoint import FORMAT as HASTE_FORMAT
 from haste_core.errors import CheckpointError
+from haste_core.weights import check_fits
 
 REPA_PROJECTOR = "projectors.0."  # REPA/HASTE: one projector per teacher; the first one is the repa alignment's
 OUR_PROJECTOR = "projector."  # haste_alignment.repa keeps its MLP under this name
@@ -99,23 +100,18 @@ def _split_projector(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[
     return backbone, projector
 
 
+# load_weights' words for a checkpoint that does not fit (see haste_core.weights.check_fits)
+CHECKPOINT_MISFIT = {
+    "missing": "key '{key}' is missing from the checkpoint",
+    "shape": "'{key}' has shape {found} in the checkpoint but {wanted} in {target}",
+    "extra": "the checkpoint has keys {target} lacks, first '{key}' ({count} in all); check the student name and "
+    "its settings (qk_norm, learn_sigma)",
+}
+
+
 def load_weights(module: nn.Module, state: dict[str, Tensor], *, source: Any, target: str) -> None:
     """Copy ``state`` into ``module`` strictly; a missing, extra or mis-shaped key fails, naming the first one."""
-    own = module.state_dict()
-    for key, value in own.items():
-        if key not in state:
-            raise CheckpointError(f"{source} does not fit {target}: key '{key}' is missing from the checkpoint")
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise CheckpointError(
-                f"{source} does not fit {target}: '{key}' has shape {tuple(state[key].shape)} in the checkpoint "
-                f"but {tuple(value.shape)} in {target}"
-            )
-    extra = [key for key in state if key not in own]
-    if extra:
-        raise CheckpointError(
-            f"{source} does not fit {target}: the checkpoint has keys {target} lacks, first '{extra[0]}' "
-            f"({len(extra)} in all); check the student name and its settings (qk_norm, learn_sigma)"
-        )
+    check_fits(module, state, source, target, error=CheckpointError, wording=CHECKPOINT_MISFIT)
     module.load_state_dict(state)
 
 

@@ -229,17 +229,33 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
-    """A ``HasteError`` naming the first missing, unexpected or mis-shaped key if ``state`` does not fit ``model``."""
+# How check_fits words a misfit after "{source} does not fit {target}: "; haste_core.students words it for checkpoints
+FILE_MISFIT = {
+    "missing": "key '{key}' is missing (the weights of another model?)",
+    "shape": "'{key}' has shape {found} in the file and {wanted} in the model (is it another size of this model?)",
+    "extra": "unexpected key '{key}' ({count} unexpected in all)",
+}
+
+
+def check_fits(
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: object,
+    target: str,
+    *,
+    error: type[HasteError] = HasteError,
+    wording: Mapping[str, str] = FILE_MISFIT,
+) -> None:
+    """Raise ``error`` if ``state`` does not fit ``model`` exactly, naming the first of the model's keys that is
+    missing or shaped otherwise, else the first (sorted) key the model lacks; ``wording`` phrases each case."""
     expected = model.state_dict()
+    prefix = f"{source} does not fit {target}: "
     for key, tensor in expected.items():
         if key not in state:
-            raise HasteError(f"{path} does not fit {what}: key '{key}' is missing (the weights of another model?)")
+            raise error(prefix + wording["missing"].format(key=key, target=target))
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise HasteError(
-                f"{path} does not fit {what}: '{key}' has shape {tuple(state[key].shape)} in the file and "
-                f"{tuple(tensor.shape)} in the model (is it another size of this model?)"
-            )
+            found, wanted = tuple(state[key].shape), tuple(tensor.shape)
+            raise error(prefix + wording["shape"].format(key=key, target=target, found=found, wanted=wanted))
     extra = sorted(set(state) - set(expected))
     if extra:
-        raise HasteError(f"{path} does not fit {what}: unexpected key '{extra[0]}' ({len(extra)} unexpected in all)")
+        raise error(prefix + wording["extra"].format(key=extra[0], target=target, count=len(extra)))

@@ -17,20 +17,6 @@ RESOLUTION = 32
 SIZES = [(40, 30), (64, 64), (100, 48), (33, 70), (32, 32)]  # width × height of the generated images
 
 
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def image_folder(tmp_path):
     """Two classes of random images of assorted sizes and formats (class ids follow the folder names)."""

@@ -76,22 +76,14 @@ def test_evaluate_fails_fast_without_inception_weights(tmp_path, monkeypatch, ca
     assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
 
 
-def test_latent_checkpoints_are_decoded_with_the_vae_even_if_trained_with_channel_previews(tmp_path):
-    from diffusers import AutoencoderKL
-
+def test_latent_checkpoints_are_decoded_with_the_vae_even_if_trained_with_channel_previews(tiny_vae, tmp_path):
     from haste_core.prepared import write_example
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
-    )  # fmt: skip
-    vae.save_pretrained(tmp_path / "vae")
     folder = write_example(tmp_path / "in32", num_items=4, resolution=32)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         f"run: {{name: r, output_dir: {tmp_path}, max_steps: 1}}\n"
-        f"data: {{name: latents, path: {folder}, resolution: 32, preview: channels, vae: {tmp_path / 'vae'}, "
+        f"data: {{name: latents, path: {folder}, resolution: 32, preview: channels, vae: {tiny_vae}, "
         "global_batch_size: 4}\nstudent: {name: sit_micro_2}\nobjective: {name: flow}\n"
         "sampling: {num_images: 2, steps: 1}\n"
     )

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from haste_core import hookimpl
 from haste_core.errors import RecipeError
-from haste_core.interfaces import Dataset, DataSpec
+from haste_core.interfaces import DataSpec
 from haste_core.registry import Registry
+from haste_data.base import OpenedDataset
 
 NUM_DIGITS = 1797  # sklearn.datasets.load_digits
 NUM_CLASSES = 10
@@ -41,7 +42,7 @@ def load_split(split: str, heldout_fraction: float = 0.2, seed: int = 0) -> tupl
     return images[chosen], labels[chosen]
 
 
-class Digits(Dataset):
+class Digits(OpenedDataset):
     """Items: ``image`` uint8 1×8×8, ``x`` float 1×8×8 in [-1, 1], ``cond`` the digit (int64)."""
 
     @dataclass(kw_only=True, frozen=True)
@@ -67,7 +68,6 @@ class Digits(Dataset):
         self.config = config
         self.images, self.labels = load_split(split, config.heldout_fraction, config.split_seed)
         self.pixels = self.images.float() / 127.5 - 1
-        self.images_needed = True
         self._spec = DataSpec(
             x_shape=(1, DIGIT_SIDE, DIGIT_SIDE),
             image_shape=(1, DIGIT_SIDE, DIGIT_SIDE),
@@ -75,22 +75,11 @@ class Digits(Dataset):
             num_items=len(self.labels),
         )
 
-    @property
-    def spec(self) -> DataSpec:
-        return self._spec
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         item = {"x": self.pixels[index], "cond": self.labels[index]}
         if self.images_needed:
             item["image"] = self.images[index]
         return item
-
-    def set_images_needed(self, needed: bool) -> None:
-        """Leave ``image`` out of the items once no teacher reads it (Phase II)."""
-        self.images_needed = needed
 
     def to_images(self, x: Tensor) -> Tensor:
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

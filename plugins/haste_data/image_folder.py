@@ -20,9 +20,10 @@ from torch import Tensor
 from haste_core import hookimpl
 from haste_core.cache import cache_dir
 from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import Dataset, DataSpec
+from haste_core.interfaces import DataSpec
 from haste_core.prepare import IMAGE_SUFFIXES, adm_center_crop
 from haste_core.registry import Registry
+from haste_data.base import OpenedDataset
 
 EXAMPLE_CLASSES, EXAMPLE_PER_CLASS, EXAMPLE_SIDE = 2, 3, 20  # contract tests: a tiny folder in the haste cache
 
@@ -39,7 +40,7 @@ def list_folder(path: str) -> tuple[tuple[str, ...], tuple[Path, ...], tuple[int
     return classes, tuple(files), tuple(labels)
 
 
-class ImageFolder(Dataset):
+class ImageFolder(OpenedDataset):
     """Class-conditional pixels from image files."""
 
     @dataclass(kw_only=True, frozen=True)
@@ -95,16 +96,8 @@ class ImageFolder(Dataset):
         self.classes, self.files, self.labels = list_folder(self._root(config))
         self._spec = self._spec_of(config, self.classes, self.files)
 
-    @property
-    def spec(self) -> DataSpec:
-        return self._spec
-
-    def __len__(self) -> int:
-        return self._spec.num_items
-
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"item {index} of a set of {len(self)}")
+        self.check_index(index)
         base = index % len(self.files)
         path = self.files[base]
         try:

@@ -19,11 +19,12 @@ from torch import Tensor
 from haste_core import hookimpl
 from haste_core.cache import cache_dir
 from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import Dataset, DataSpec
+from haste_core.interfaces import DataSpec
 from haste_core.prepared import MANIFEST, ShardedField, read_manifest, write_example
 from haste_core.registry import Registry
 from haste_core.vae import DEFAULT_VAE, SD_VAE_SCALE
 from haste_core.weights import HubFile, diffusers_hub_files
+from haste_data.base import OpenedDataset
 
 SD_VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px -> 32×32 latents
 SD_VAE_CHANNELS = 4
@@ -67,7 +68,7 @@ def read_checked_manifest(config: Any, kind: str) -> dict[str, Any] | None:
     return manifest
 
 
-class Latents(Dataset):
+class Latents(OpenedDataset):
     """Class-conditional images + VAE posterior moments from a prepared folder."""
 
     @dataclass(kw_only=True, frozen=True)
@@ -156,23 +157,14 @@ class Latents(Dataset):
             if field is not None:
                 field.check()
         self.base_items = manifest["num_items"]
-        self.images_needed = True
         self._vae: Any = None
         if config.preview == "vae":
             from haste_core.vae import check_vae_reachable
 
             check_vae_reachable(config.vae or manifest["vae"])
 
-    @property
-    def spec(self) -> DataSpec:
-        return self._spec
-
-    def __len__(self) -> int:
-        return self._spec.num_items
-
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"item {index} of a set of {len(self)}")
+        self.check_index(index)
         flipped = index >= self.base_items
         base = index - self.base_items if flipped else index
         source = self.latents_flip if flipped else self.latents
@@ -187,10 +179,6 @@ class Latents(Dataset):
             image = torch.from_numpy(self.images[base].copy())
             item["image"] = image.flip(-1) if flipped else image
         return item
-
-    def set_images_needed(self, needed: bool) -> None:
-        """Phase II: stop reading the images (latents suffice)."""
-        self.images_needed = needed
 
     def finish_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Draw the per-step posterior sample x = mean + std·ε on the training device."""

@@ -9,11 +9,14 @@ Shapes: B batch, N tokens, D width, H heads, P patch size, C channels.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from haste_core.errors import RecipeError
+from haste_core.interfaces import Capture, DataSpec, StudentOutput, StudentSpec
 from haste_core.ops import attention_logits
 
 TIMESTEP_FREQUENCY_DIM = 256  # sinusoidal embedding width before the MLP (DiT, SiT)
@@ -171,6 +174,32 @@ class FinalLayer(nn.Module):
     def forward(self, x_BND: Tensor, c_BD: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(c_BD).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x_BND), shift, scale))
+
+
+def patch_student_spec(name: str, arch: Any, data: DataSpec) -> StudentSpec:
+    """The spec of a student with ``arch``'s depth, width, heads and patch size on ``data``'s latents, which must be
+    square with a side the patch size divides."""
+    _, height, width = data.x_shape
+    if height != width or height % arch.patch_size:
+        raise RecipeError(
+            f"needs square inputs whose side divides by the patch size {arch.patch_size}; "
+            f"the data gives {height}×{width}"
+        )
+    return StudentSpec(
+        name=name,
+        depth=arch.depth,
+        hidden_size=arch.hidden_size,
+        num_heads=arch.num_heads,
+        grid=height // arch.patch_size,
+    )
+
+
+def record_block(out: StudentOutput, capture: Capture, index: int, tokens_BND: Tensor, logits: Tensor | None) -> None:
+    """Keep block ``index``'s attention logits (computed only when captured) and, if asked, its output tokens."""
+    if logits is not None:
+        out.attn_logits[index] = logits
+    if index in capture.hidden:
+        out.hidden[index] = tokens_BND
 
 
 def unpatchify(x_BNK: Tensor, patch_size: int, channels: int) -> Tensor:

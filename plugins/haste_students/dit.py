@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from haste_core import hookimpl
 from haste_core.errors import RecipeError
 from haste_core.registry import Registry
-from haste_students.sit import CPU_PATCHES, CPU_SIZES, PUBLISHED_PATCHES, SIZES, SiT, SiTArch
+from haste_students.sit import SiT, register_sizes
 
 DDPM_STEPS = 1000  # DiT's diffusion length T: t in [0, 1] is fed to the embedder as n = t·(T − 1)
 
@@ -42,7 +42,4 @@ class DiT(SiT):
 
 @hookimpl
 def haste_register_students(registry: Registry) -> None:
-    for size, (depth, width, heads) in SIZES.items():
-        for patch in CPU_PATCHES if size in CPU_SIZES else PUBLISHED_PATCHES:
-            arch = SiTArch(depth=depth, hidden_size=width, num_heads=heads, patch_size=patch)
-            registry.add(f"dit_{size}_{patch}", DiT, arch=arch)
+    register_sizes(registry, DiT)

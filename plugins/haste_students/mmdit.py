@@ -39,6 +39,8 @@ from haste_students.blocks import (
     TimestepEmbedder,
     init_dit_weights,
     modulate,
+    patch_student_spec,
+    record_block,
     sincos_pos_embed,
     unpatchify,
 )
@@ -147,35 +149,18 @@ class MMDiT(Student):
 
     @classmethod
     def describe(cls, config: Config, *, data: DataSpec, arch: MMDiTArch) -> StudentSpec:
-        _, height, width = data.x_shape
         if not data.text_dim or not data.text_len:
             raise RecipeError(
                 f"mmdit is text-conditioned but the data gives no caption embeddings (num_classes="
                 f"{data.num_classes}); use a text data set such as coco, or a sit_*/dit_* student for classes"
             )
-        if height != width or height % arch.patch_size:
-            raise RecipeError(
-                f"needs square inputs whose side divides by the patch size {arch.patch_size}; "
-                f"the data gives {height}×{width}"
-            )
-        return StudentSpec(
-            name=f"mmdit_d{arch.depth}",
-            depth=arch.depth,
-            hidden_size=arch.hidden_size,
-            num_heads=arch.num_heads,
-            grid=height // arch.patch_size,
-        )
+        return patch_student_spec(f"mmdit_d{arch.depth}", arch, data)
 
     def __init__(self, config: Config, *, arch: MMDiTArch, data: DataSpec) -> None:
         super().__init__()
-        spec = self.describe(config, data=data, arch=arch)
         self.config, self.arch = config, arch
-        self.depth, self.hidden_size, self.num_heads, self.grid = (
-            spec.depth,
-            spec.hidden_size,
-            spec.num_heads,
-            spec.grid,
-        )
+        self.depth, self.hidden_size, self.num_heads = arch.depth, arch.hidden_size, arch.num_heads
+        self.grid = self.describe(config, data=data, arch=arch).grid
         self.patch_size, self.channels = arch.patch_size, data.x_shape[0]
         self.text_len, self.text_dim, self.pooled_dim = data.text_len, data.text_dim, data.pooled_dim
         width = arch.hidden_size
@@ -248,10 +233,7 @@ class MMDiT(Student):
         out = StudentOutput(pred=x_t)
         for index, block in enumerate(self.blocks):
             txt_BLD, img_BND, logits = block(txt_BLD, img_BND, c_BD, keep_B11K, capture_attn=index in capture.attn)
-            if logits is not None:
-                out.attn_logits[index] = logits
-            if index in capture.hidden:
-                out.hidden[index] = img_BND
+            record_block(out, capture, index, img_BND, logits)
         out.pred = unpatchify(self.final_layer(img_BND, c_BD), self.patch_size, self.channels)
         return out
 

@@ -24,6 +24,8 @@ from haste_students.blocks import (
     PatchEmbed,
     TimestepEmbedder,
     init_dit_weights,
+    patch_student_spec,
+    record_block,
     sincos_pos_embed,
     unpatchify,
 )
@@ -70,23 +72,11 @@ class SiT(Student):
 
     @classmethod
     def describe(cls, config: Config, *, data: DataSpec, arch: SiTArch) -> StudentSpec:
-        _, height, width = data.x_shape
         if data.text_dim:
             raise RecipeError(
                 f"{cls.family} is class-conditional but the data gives text embeddings; use an mmdit_* student"
             )
-        if height != width or height % arch.patch_size:
-            raise RecipeError(
-                f"needs square inputs whose side divides by the patch size {arch.patch_size}; "
-                f"the data gives {height}×{width}"
-            )
-        return StudentSpec(
-            name=cls.registered_name(arch),
-            depth=arch.depth,
-            hidden_size=arch.hidden_size,
-            num_heads=arch.num_heads,
-            grid=height // arch.patch_size,
-        )
+        return patch_student_spec(cls.registered_name(arch), arch, data)
 
     @classmethod
     def registered_name(cls, arch: SiTArch) -> str:
@@ -95,14 +85,9 @@ class SiT(Student):
 
     def __init__(self, config: Config, *, arch: SiTArch, data: DataSpec) -> None:
         super().__init__()
-        spec = self.describe(config, data=data, arch=arch)
         self.config, self.arch = config, arch
-        self.depth, self.hidden_size, self.num_heads, self.grid = (
-            spec.depth,
-            spec.hidden_size,
-            spec.num_heads,
-            spec.grid,
-        )
+        self.depth, self.hidden_size, self.num_heads = arch.depth, arch.hidden_size, arch.num_heads
+        self.grid = self.describe(config, data=data, arch=arch).grid
         self.patch_size, self.channels, self.num_classes = arch.patch_size, data.x_shape[0], data.num_classes
         self.x_embedder = PatchEmbed(self.channels, arch.hidden_size, arch.patch_size)
         self.t_embedder = TimestepEmbedder(arch.hidden_size)
@@ -128,10 +113,7 @@ class SiT(Student):
         out = StudentOutput(pred=x_t)
         for index, block in enumerate(self.blocks):
             x_BND, logits = block(x_BND, c_BD, capture_attn=index in capture.attn)
-            if logits is not None:
-                out.attn_logits[index] = logits
-            if index in capture.hidden:
-                out.hidden[index] = x_BND
+            record_block(out, capture, index, x_BND, logits)
         out.pred = unpatchify(self.final_layer(x_BND, c_BD), self.patch_size, self.out_channels)
         return out
 
@@ -140,9 +122,14 @@ class SiT(Student):
         return torch.full_like(cond, self.num_classes)
 
 
-@hookimpl
-def haste_register_students(registry: Registry) -> None:
+def register_sizes(registry: Registry, cls: type[SiT]) -> None:
+    """Register ``cls`` as ``{family}_{size}_{patch}`` for every size and each of its patch sizes."""
     for size, (depth, width, heads) in SIZES.items():
         for patch in CPU_PATCHES if size in CPU_SIZES else PUBLISHED_PATCHES:
             arch = SiTArch(depth=depth, hidden_size=width, num_heads=heads, patch_size=patch)
-            registry.add(f"sit_{size}_{patch}", SiT, arch=arch)
+            registry.add(f"{cls.family}_{size}_{patch}", cls, arch=arch)
+
+
+@hookimpl
+def haste_register_students(registry: Registry) -> None:
+    register_sizes(registry, SiT)

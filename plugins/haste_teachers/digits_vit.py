@@ -29,6 +29,7 @@ from haste_core.errors import HasteError, RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, Teacher, TeacherOutput, TeacherSpec
 from haste_core.ops import attention_logits
 from haste_core.registry import Registry
+from haste_core.weights import check_fits
 
 log = logging.getLogger("haste")
 
@@ -191,7 +192,9 @@ class DigitsViT(Teacher):
             path = cached_weights(config.heldout_fraction, config.split_seed)
         state = torch.load(path, map_location="cpu", weights_only=True)
         state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
-        _check_state_dict(self.net, state_dict, path)
+        if not isinstance(state_dict, dict):
+            raise HasteError(f"{path} does not hold a digits_vit state dict")
+        check_fits(self.net, state_dict, path, "digits_vit")
         self.net.load_state_dict(state_dict)
         return state.get("heldout_accuracy") if isinstance(state, dict) else None
 
@@ -225,23 +228,6 @@ def _resample_positions(pos_1ND: Tensor, grid: int) -> Tensor:
     table = patch_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
     table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False)
     return torch.cat([cls_pos, table.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1)
-
-
-def _check_state_dict(net: nn.Module, state_dict: Any, path: Path) -> None:
-    expected = net.state_dict()
-    if not isinstance(state_dict, dict):
-        raise HasteError(f"{path} does not hold a digits_vit state dict")
-    for key, tensor in expected.items():
-        if key not in state_dict:
-            raise HasteError(f"{path} does not fit digits_vit: key '{key}' is missing")
-        if tuple(state_dict[key].shape) != tuple(tensor.shape):
-            raise HasteError(
-                f"{path} does not fit digits_vit: '{key}' has shape {tuple(state_dict[key].shape)} in the file "
-                f"and {tuple(tensor.shape)} in the model"
-            )
-    extra = sorted(set(state_dict) - set(expected))
-    if extra:
-        raise HasteError(f"{path} does not fit digits_vit: unexpected key '{extra[0]}'")
 
 
 def cache_path(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
