@@ -104,10 +104,11 @@ class DataStream:
                 self.epoch, self.batch = self.epoch + 1, 0
                 self._iterator = None
         self.batch += 1
-        return _to_device(batch, self.device)
+        return to_device(batch, self.device)
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
+def to_device(value: Any, device: torch.device) -> Any:
+    """A tensor, or a (nested) dict of tensors such as a batch or a text condition, moved to ``device``."""
     if isinstance(value, dict):
-        return {key: _to_device(item, device) for key, item in value.items()}
+        return {key: to_device(item, device) for key, item in value.items()}
     return value.to(device, non_blocking=True)

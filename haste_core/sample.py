@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 
 from haste_core import checkpoint, distributed
+from haste_core.data import to_device
 from haste_core.errors import HasteError
 from haste_core.evaluate import write_npz
-from haste_core.sampling import PATH_SEED_OFFSET, conds_to, sample
+from haste_core.sampling import PATH_SEED_OFFSET, sample
 from haste_core.sections import SamplingConfig
 
 log = logging.getLogger("haste")
@@ -66,7 +67,7 @@ def generate(
     spec = dataset.spec
     noise = image_noise(indices, spec.x_shape, config.seed).to(device)
     # class data: the given labels; text or unconditional data: the data set's own sample conditions
-    cond = labels[indices].to(device) if spec.num_classes else conds_to(dataset.sample_conds_at(indices), device)
+    cond = labels[indices].to(device) if spec.num_classes else to_device(dataset.sample_conds_at(indices), device)
     # the stochastic samplers' noise, per image too: image i is the same whatever batch or process draws it
     seeds = [config.seed * _NOISE_SEED_STRIDE + i + PATH_SEED_OFFSET for i in indices]
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from haste_core.data import to_device
 from haste_core.errors import HasteError
 from haste_core.interfaces import Dataset, Objective, Student
 from haste_core.sections import SamplingConfig
@@ -29,13 +30,6 @@ def cat_conds(first: Any, second: Any) -> Any:
     return torch.cat([first, second])
 
 
-def conds_to(cond: Any, device: torch.device) -> Any:
-    """A condition batch (tensor or dict of tensors) on ``device``."""
-    if isinstance(cond, dict):
-        return {key: value.to(device) for key, value in cond.items()}
-    return cond.to(device)
-
-
 def guided_velocity(
     student: Student, objective: Objective, x: Tensor, t: Tensor, cond: Any, cfg_scale: float
 ) -> Tensor:
@@ -43,9 +37,13 @@ def guided_velocity(
     if cfg_scale == 1.0:
         return objective.velocity(student(x, t, cond).pred, x, t)
     both_x, both_t = torch.cat([x, x]), torch.cat([t, t])
-    pred = student(both_x, both_t, cat_conds(cond, student.null_cond(cond))).pred
-    v_cond, v_uncond = objective.velocity(pred, both_x, both_t).chunk(2)
+    v_cond, v_uncond = objective.velocity(with_and_without_cond(student, x, t, cond), both_x, both_t).chunk(2)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+
+def with_and_without_cond(student: Student, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+    """The student's predictions for ``cond`` and for its null condition, in one doubled batch (cond first)."""
+    return student(torch.cat([x, x]), torch.cat([t, t]), cat_conds(cond, student.null_cond(cond))).pred
 
 
 Interval = tuple[float, float]
@@ -201,7 +199,7 @@ def sample_grid(
     same noise every time (``config.seed``), one column per class when classes are few."""
     spec = dataset.spec
     noise = torch.randn((config.num_images, *spec.x_shape), generator=torch.Generator().manual_seed(config.seed))
-    conds = conds_to(dataset.sample_conds(config.num_images), device)
+    conds = to_device(dataset.sample_conds(config.num_images), device)
     generator = torch.Generator(device).manual_seed(config.seed + PATH_SEED_OFFSET)  # the same path every time
     x = sample(student, objective, noise.to(device), conds, config, generator=generator)
     return make_grid(dataset.to_images(x.float()).cpu(), grid_columns(config.num_images, spec.num_classes))
@@ -282,8 +280,7 @@ def ddpm_sample(
         if cfg_scale == 1.0:
             pred = student(x, t, cond).pred
         else:
-            both = student(torch.cat([x, x]), torch.cat([t, t]), cat_conds(cond, student.null_cond(cond))).pred
-            pred, unconditional = both.chunk(2)
+            pred, unconditional = with_and_without_cond(student, x, t, cond).chunk(2)
             eps = unconditional[:, :channels] + cfg_scale * (pred[:, :channels] - unconditional[:, :channels])
             pred = torch.cat([eps, pred[:, channels:]], dim=1)
         eps = pred[:, :channels].float()

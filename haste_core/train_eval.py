@@ -19,16 +19,11 @@ from haste_core import distributed
 from haste_core.distributed import DistEnv
 from haste_core.evaluate import read_images
 from haste_core.fid import frechet_distance, gaussian_stats
+from haste_core.inception import load_fid_inception
 from haste_core.sample import generate, image_labels
 from haste_core.sections import EvalConfig, SamplingConfig
 
 log = logging.getLogger("haste")
-
-
-def load_fid_inception(path: str, device: torch.device) -> torch.nn.Module:
-    from haste_core.inception import load_fid_inception as load
-
-    return load(path or None, device)
 
 
 class FIDEvaluator:
@@ -36,7 +31,7 @@ class FIDEvaluator:
 
     def __init__(self, config: EvalConfig, sampling: SamplingConfig, env: DistEnv) -> None:
         self.config, self.sampling, self.env = config, sampling, env
-        self.network = load_fid_inception(config.inception, env.device)
+        self.network = load_fid_inception(config.inception or None, env.device)
         self.reference = None
         if env.is_main:
             images = read_images(config.reference)

@@ -60,6 +60,7 @@ class REPA(Alignment):
         super().__init__()
         self.check(config, student=student, teacher=teacher)
         self.config = config
+        self._last_cosine: Tensor | None = None  # for histograms(): the last batch's per-token cosines
         width = config.projector_dim
         self.projector = nn.Sequential(
             nn.Linear(student.hidden_size, width),
@@ -88,8 +89,7 @@ class REPA(Alignment):
 
     def histograms(self) -> dict[str, Tensor]:
         """The per-token cosine similarities of the last batch (B·N values in [-1, 1])."""
-        cosine = getattr(self, "_last_cosine", None)
-        return {} if cosine is None else {"cosine": cosine.flatten()}
+        return {} if self._last_cosine is None else {"cosine": self._last_cosine.flatten()}
 
 
 @hookimpl

@@ -78,8 +78,7 @@ class Coco(Latents):
         }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"item {index} of a set of {len(self)}")
+        self.check_index(index)
         n = self.base_items
         caption, flipped = (index // n) % self.captions, index >= n * self.captions
         item = super().__getitem__(index % n + (n if flipped else 0))
