@@ -1,4 +1,4 @@
-"""Attention-distillation loss, chunked (haste_core.attention_loss) against naive autograd: peak memory and time.
+"""Attention-distillation loss, chunked (haste_alignment.attention_loss) against naive autograd: peak memory and time.
 
     python benchmarks/bench_attention_loss.py [--batch 2] [--heads 12] [--repeats 3]      (or: make bench)
 
@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from haste_alignment.attention_loss import attention_loss, attention_loss_naive
 from torch.profiler import ProfilerActivity, profile
-
-from haste_core.attention_loss import attention_loss, attention_loss_naive
 
 TOKENS = (256, 1024)  # 16×16 and 32×32 patch grids: 256 px and 512 px with a /2 student on SD-VAE latents
 METHODS = {"naive": attention_loss_naive, "chunked": attention_loss}

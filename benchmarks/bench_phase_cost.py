@@ -26,8 +26,8 @@ import torch
 import yaml
 
 from haste_core import distributed
-from haste_core.recipe import load_recipe
-from haste_core.trainer import Trainer
+from haste_core.config.recipe import load_recipe
+from haste_core.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["run.log_every=1000000", "run.checkpoint_every=0", "run.sample_every=0", "run.max_steps=1000000"]

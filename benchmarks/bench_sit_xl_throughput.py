@@ -27,8 +27,8 @@ import torch
 import yaml
 
 from haste_core import distributed
-from haste_core.recipe import load_recipe
-from haste_core.trainer import Trainer
+from haste_core.config.recipe import load_recipe
+from haste_core.train.trainer import Trainer
 
 DATA = Path(__file__).resolve().parent / "synthetic_latents.py"  # random 4×32×32 latents: 256 tokens for SiT-XL/2
 IMAGE_SHAPE = [3, 256, 256]  # what DINOv2 reads (resized to 224 px, a 16×16 grid)

@@ -32,10 +32,10 @@ from haste_data.digits import load_split
 from torch import Tensor, nn
 
 from haste_core import distributed
-from haste_core.fid import frechet_distance_features
-from haste_core.recipe import load_recipe
-from haste_core.sampling import euler_sample
-from haste_core.trainer import Trainer
+from haste_core.config.recipe import load_recipe
+from haste_core.eval.fid import frechet_distance_features
+from haste_core.eval.samplers import euler_sample
+from haste_core.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"vanilla": "digits_vanilla.yaml", "REPA": "digits_repa.yaml", "HASTE": "quickstart.yaml"}

@@ -143,3 +143,10 @@ def wrap_ddp(module: nn.Module, env: DistEnv) -> nn.Module:
 
 def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """A tensor, or a (nested) dict of tensors such as a batch or a text condition, moved to ``device``."""
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    return value.to(device, non_blocking=True)

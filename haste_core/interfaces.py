@@ -122,7 +122,7 @@ class Fired:
 class RunContext:
     """What lifecycle hooks see of a run. One object per process, updated as the run goes on."""
 
-    recipe: Any  # haste_core.recipe.Recipe
+    recipe: Any  # haste_core.config.recipe.Recipe
     run_dir: Path
     rank: int
     world_size: int
@@ -309,15 +309,15 @@ class Termination(Component, ABC):
     reach the same decision on every rank, so base it on the step or on values averaged with
     ``haste_core.distributed.all_reduce_mean``.
 
-    Three optional parts (defaults do nothing), read by ``haste_core.phase.PhasePlan`` and the trainer:
+    Three optional parts (defaults do nothing), read by ``haste_core.train.phase.PhasePlan`` and the trainer:
 
     - ``bind(labels)`` is called once, before training, with the labels of the alignments the policy governs
       (every alignment for a run-wide or ``watch`` policy); they are in ``self.terms``.
-    - ``probe_every`` > 0 asks for the gradient probe (``haste_core.probe``) every that many steps while the
+    - ``probe_every`` > 0 asks for the gradient probe (``haste_core.train.probe``) every that many steps while the
       policy is undecided; on those steps ``metrics`` also holds ``grad/dot/<a>/<b>``, the dot products of
       the per-term gradients on the shared student parameters, averaged over ranks (terms: ``denoise`` and the
       active labels; alignment gradients include their weights), and ``grad/denoise_sq/<a>+<b>...`` (read
-      them with ``haste_core.probe.conflict_cosine``). No probe runs when no policy asks for one.
+      them with ``haste_core.train.probe.conflict_cosine``). No probe runs when no policy asks for one.
     - ``weight_scale(step)`` is a factor in [0, 1] on the recipe weight of the governed alignments for the
       1-based step about to be trained (``fade``). The trainer reads it before every step into the training
       module as a plain float (no rebuild). The scales of ``watch`` policies are ignored: they only observe.

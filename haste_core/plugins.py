@@ -3,7 +3,7 @@
 Load order: the recipe's ``plugins:`` modules (local plugins), then ``HASTE_BLOCK_PLUGINS=a,b`` blocks names,
 then every entry point of the ``haste`` group unless ``HASTE_DISABLE_PLUGIN_AUTOLOAD=1`` (built-in plugins are
 entry points too), then ``check_pending`` so that a misspelled hook fails at once. ``HASTE_TRACE_PLUGINS=1``
-prints every hook call on rank 0. ``python -m haste_core.plugins`` lists what is installed.
+prints every hook call on rank 0. ``haste plugins`` lists what is installed.
 """
 
 from __future__ import annotations
@@ -216,32 +216,3 @@ def _before_hook(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> No
 def _after_hook(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
     if outcome.exception is not None:
         _trace(f"{hook_name} raised {outcome.exception!r}")
-
-
-def format_listing(records: list[dict[str, Any]]) -> str:
-    """The text printed by ``python -m haste_core.plugins``."""
-    lines = []
-    for record in records:
-        lines.append(f"{record['name']}  [{record['source']}]")
-        lines.append(f"  hooks: {', '.join(record['hooks']) or '-'}")
-        for family, names in record["components"].items():
-            lines.append(f"  {family}: {', '.join(names)}")
-    return "\n".join(lines)
-
-
-def main() -> int:
-    """List every plugin, where it comes from, its hooks and the components it registered."""
-    try:
-        plugins = load_plugins()
-    except PluginError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    records = plugins.describe()
-    print(format_listing(records))
-    total = sum(len(r) for r in plugins.registries.values())
-    print(f"\n{len(records)} plugins, {total} components")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,7 @@ def plugins():
 @pytest.fixture
 def tiny(tmp_path: Path, plugins):
     """Load tests/data/tiny.yaml with overrides; its run folder lives in this test's tmp_path."""
-    from haste_core.recipe import load_recipe
+    from haste_core.config.recipe import load_recipe
 
     def load(*overrides: str):
         return load_recipe(TINY_RECIPE, [f"run.output_dir={tmp_path}", *overrides])[0]

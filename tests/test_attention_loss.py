@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 from haste_alignment.attention import AttentionDistillation
+from haste_alignment.attention_loss import attention_loss, attention_loss_naive
 
-from haste_core.attention_loss import attention_loss, attention_loss_naive
 from haste_core.errors import RecipeError
 from haste_core.interfaces import StudentOutput, StudentSpec, TeacherOutput, TeacherSpec
 

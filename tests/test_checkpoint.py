@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from haste_core import checkpoint
 from haste_core.errors import CheckpointError
+from haste_core.weights import checkpoint
 
 
 def test_save_writes_step_file_and_latest(tmp_path):

@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from haste_core import distributed, run_folder
+from haste_core import distributed
 from haste_core.errors import CheckpointError, RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, TeacherSpec
-from haste_core.students import _split_projector, import_checkpoint, load_weights, read_checkpoint
 from haste_core.testing import _scramble
-from haste_core.trainer import Trainer
+from haste_core.train import run_folder
+from haste_core.train.trainer import Trainer
+from haste_core.weights.import_checkpoint import _split_projector, import_checkpoint, load_weights, read_checkpoint
 
 from .conftest import run_module
 
@@ -198,7 +199,7 @@ def test_a_resumed_run_no_longer_needs_its_init_from_file(tmp_path, tiny, plugin
 
 
 def test_haste_checkpoint_gives_the_projector_of_its_first_repa_alignment(tmp_path, plugins):
-    from haste_core.checkpoint import FORMAT
+    from haste_core.weights.checkpoint import FORMAT
 
     student = build(plugins, "sit_micro_2", 1)
     first, second = ({k[len("projectors.0.") :]: v for k, v in projector_state(seed).items()} for seed in (1, 2))
@@ -222,11 +223,11 @@ def test_export_writes_ema_weights_only(tmp_path, tiny, plugins):
     recipe = tiny("run.max_steps=2", "run.checkpoint_every=0")
     trainer = Trainer(recipe, plugins, CPU)
     trainer.fit()
-    result = run_module("haste_core.export", str(recipe.run_dir), str(tmp_path / "student.safetensors"))
+    result = run_module("haste_core.cli", "export", str(recipe.run_dir), str(tmp_path / "student.safetensors"))
     assert result.returncode == 0, result.stderr
     exported = load_file(tmp_path / "student.safetensors")
     expected = trainer.ema.state_dict()
     assert set(exported) == set(expected) and all(torch.equal(exported[k], expected[k]) for k in expected)
     assert not any(k.startswith("projector") for k in exported)
-    bad = run_module("haste_core.export", str(tmp_path / "missing"), str(tmp_path / "x.safetensors"))
+    bad = run_module("haste_core.cli", "export", str(tmp_path / "missing"), str(tmp_path / "x.safetensors"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr

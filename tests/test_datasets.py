@@ -15,8 +15,8 @@ from haste_data.latents import Latents
 from PIL import Image
 
 from haste_core import run
+from haste_core.data.prepared import write_example
 from haste_core.errors import HasteError, RecipeError
-from haste_core.prepared import write_example
 
 RES = 32
 
@@ -72,8 +72,9 @@ def test_missing_folder_describes_and_says_how_to_make_it(tmp_path):
     spec = Latents.describe(config)
     assert spec.x_shape == (4, 32, 32) and spec.image_shape == (3, 256, 256) and spec.num_classes == 1000
     assert "does not exist yet" in spec.unavailable
-    assert f"-m haste_core.prepare imagenet /path/to/ILSVRC2012/train {tmp_path / 'imagenet256'} --resolution 256" in (
-        spec.unavailable
+    assert (
+        f"--no-python haste prepare imagenet /path/to/ILSVRC2012/train {tmp_path / 'imagenet256'} --resolution 256"
+        in (spec.unavailable)
     )
     with pytest.raises(HasteError, match="does not exist yet"):
         Latents(config)
@@ -90,7 +91,7 @@ def test_recipe_check_passes_and_run_stops_when_the_folder_is_missing(tmp_path, 
     assert "# note: data: the prepared folder" in capsys.readouterr().out
     assert run.main([str(recipe)]) == 2
     err = capsys.readouterr().err
-    assert "haste_core.prepare imagenet" in err and not (tmp_path / "r").exists()
+    assert "haste prepare imagenet" in err and not (tmp_path / "r").exists()
 
 
 def test_a_short_run_on_latents(folder, tmp_path):
@@ -106,7 +107,7 @@ def test_a_short_run_on_latents(folder, tmp_path):
 
 
 def test_posterior_samples_make_a_resumed_run_identical(folder, tmp_path):
-    from haste_core import checkpoint
+    from haste_core.weights import checkpoint
 
     def train(out, steps):
         recipe = tmp_path / f"{out}_{steps}.yaml"
@@ -201,7 +202,7 @@ def test_coco_items_captions_and_null_caption(tmp_path):
 def test_coco_missing_folder_spec_has_text_sizes(tmp_path):
     spec = Coco.describe(Coco.Config(path=str(tmp_path / "coco256")))
     assert (spec.text_len, spec.text_dim, spec.pooled_dim) == (77, 768, 768) and spec.num_classes == 0
-    assert "haste_core.prepare coco" in spec.unavailable
+    assert "haste prepare coco" in spec.unavailable
 
 
 def test_vae_previews_fail_at_construction_when_the_vae_is_unreachable(folder, tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ from haste_objectives.ddpm import DDPM
 from torch import Tensor, nn
 
 from haste_core.errors import HasteError
+from haste_core.eval.samplers import ddpm_sample, euler_sample
 from haste_core.interfaces import StudentOutput, TrainingPair
-from haste_core.sampling import ddpm_sample, euler_sample
 
 DATA_MEAN, DATA_STD = 0.7, 0.5  # the Gaussian "data set" of the closed-form tests
 
@@ -136,7 +136,7 @@ def test_wrong_prediction_shape_is_explained():
 
 def test_dit_trains_with_ddpm_and_samples(tiny, plugins):
     from haste_core import distributed
-    from haste_core.trainer import Trainer
+    from haste_core.train.trainer import Trainer
 
     recipe = tiny("student.name=dit_micro_2", "objective.name=ddpm", "run.max_steps=2", "termination.step=1")
     env = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

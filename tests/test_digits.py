@@ -9,9 +9,9 @@ import torch
 from haste_data.digits import Digits, load_split
 from haste_teachers.digits_vit import DigitsViT, cache_path, heldout_accuracy
 
-from haste_core.cache import cache_dir
 from haste_core.errors import HasteError
 from haste_core.interfaces import StudentSpec
+from haste_core.weights.cache import cache_dir
 
 STUDENT_GRID_4 = StudentSpec(name="sit_micro_2", depth=4, hidden_size=64, num_heads=4, grid=4)
 

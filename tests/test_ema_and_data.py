@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from haste_core.data import DataStream, EpochBatches
-from haste_core.ema import EMA
+from haste_core.train.ema import EMA
+from haste_core.train.stream import DataStream, EpochBatches
 
 
 def test_ema_update_is_a_lerp_towards_the_model():

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from haste_core.errors import HasteError
-from haste_core.evaluate import all_metrics, inception_score, knn_radii, precision_recall, read_images, write_npz
-from haste_core.fid import frechet_distance, frechet_distance_features, gaussian_stats
+from haste_core.eval.fid import frechet_distance, frechet_distance_features, gaussian_stats
+from haste_core.eval.scores import all_metrics, inception_score, knn_radii, precision_recall, read_images, write_npz
 
 
 def _random_covariance(rng: np.random.Generator, dim: int, rank: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_read_images_from_a_folder_and_errors(tmp_path):
 
 
 def test_fid_inception_outputs_and_weight_loading(tmp_path):
-    from haste_core.inception import FIDInception
+    from haste_core.eval.inception import FIDInception
 
     torch.manual_seed(0)
     model = FIDInception()
@@ -164,7 +164,7 @@ def test_fid_inception_outputs_and_weight_loading(tmp_path):
 
 
 def test_fid_weights_fail_fast_offline_and_reject_other_files(tmp_path, monkeypatch):
-    from haste_core.inception import FID_WEIGHTS_URL, find_fid_weights
+    from haste_core.eval.inception import FID_WEIGHTS_URL, find_fid_weights
 
     monkeypatch.setenv("HASTE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -9,13 +9,13 @@ import torch
 from haste_students.mmdit import MMDiT, MMDiTArch
 
 from haste_core import distributed
+from haste_core.config.recipe import load_recipe
 from haste_core.errors import RecipeError
+from haste_core.eval.samplers import euler_sample
 from haste_core.interfaces import Capture, DataSpec
 from haste_core.ops import attention_logits
-from haste_core.recipe import load_recipe
-from haste_core.sampling import euler_sample
 from haste_core.testing import _scramble, example_cond
-from haste_core.trainer import Trainer
+from haste_core.train.trainer import Trainer
 
 TEXT = DataSpec(x_shape=(4, 8, 8), image_shape=(3, 8, 8), num_classes=0, num_items=8, text_len=6, text_dim=10,
                 pooled_dim=5)  # fmt: skip

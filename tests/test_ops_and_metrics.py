@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from haste_core.metrics import MetricWindow, format_metrics
 from haste_core.ops import attention_logits
+from haste_core.train.metric_window import MetricWindow, format_metrics
 
 
 def test_attention_logits_are_fp32_under_autocast():

@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from haste_core import prefetch, run
-from haste_core.recipe import load_recipe
+from haste_core import run
+from haste_core.cli import main as haste_cli
+from haste_core.config.recipe import load_recipe
 
 from .conftest import REPO
 from .test_teacher_weights import fill_hub_cache
@@ -41,7 +42,7 @@ def test_paper_recipe_passes_check_and_names_its_command(path, capsys):
         assert not recipe.teachers and not recipe.alignments
     else:
         assert recipe.teachers["teacher"].name == "dinov2_vitb14"
-        assert "python -m haste_core.prefetch" in header
+        assert "haste prefetch" in header
 
 
 def test_the_haste_paper_recipe_is_the_paper_setting():
@@ -76,25 +77,25 @@ def test_the_haste_paper_recipe_is_the_paper_setting():
 def test_prefetch_check_reports_missing_and_cached_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     haste = str(REPO / "recipes" / "haste_sit_xl2_dinov2b_in256.yaml")
-    assert prefetch.main([haste, "--check"]) == 1
+    assert haste_cli(["prefetch", haste, "--check"]) == 1
     out = capsys.readouterr().out
     assert f"teacher (dinov2_vitb14): MISSING {DINOV2_B_HUB[0]}/{DINOV2_B_HUB[1]}" in out
     assert f"data (latents): MISSING {SD_VAE}/config.json" in out  # the sample grids' VAE (data not prepared yet)
     assert f"data (latents): MISSING {SD_VAE}/diffusion_pytorch_model.safetensors" in out
     assert "3 missing; run without --check on a machine with internet" in out
     started = time.perf_counter()
-    assert prefetch.main([haste]) == 2  # HF_HUB_OFFLINE=1 (conftest): no download, a clear error at once
+    assert haste_cli(["prefetch", haste]) == 2  # HF_HUB_OFFLINE=1 (conftest): no download, a clear error at once
     assert time.perf_counter() - started < 5.0
     assert "HF_HUB_OFFLINE is set. Expected hub id 'timm/vit_base_patch14_dinov2.lvd142m'" in capsys.readouterr().err
-    assert prefetch.main([haste, "teacher.weights=none"]) == 2  # now the VAE is the first thing missing
+    assert haste_cli(["prefetch", haste, "teacher.weights=none"]) == 2  # now the VAE is the first thing missing
     err = capsys.readouterr().err
     assert f"data latents: the weights are not in the Hugging Face cache ({tmp_path / 'hub'})" in err
     assert "(data.vae: /path/to/a/folder that AutoencoderKL.save_pretrained wrote)" in err
     assert "haste_resolve_weights" not in err  # no plugin hook answers for a data set's VAE
     fill_hub_cache(tmp_path / "hub", *DINOV2_B_HUB, {"x": torch.zeros(1)})
-    assert prefetch.main([haste, "--check", "data.preview=channels"]) == 0
+    assert haste_cli(["prefetch", haste, "--check", "data.preview=channels"]) == 0
     assert re.search(r"teacher \(dinov2_vitb14\): cached .* at .*model\.safetensors", capsys.readouterr().out)
     vanilla = str(REPO / "recipes" / "vanilla_sit_xl2_in256.yaml")
-    assert prefetch.main([vanilla, "--check", "data.vae=" + str(tmp_path)]) == 0  # a local VAE folder
+    assert haste_cli(["prefetch", vanilla, "--check", "data.vae=" + str(tmp_path)]) == 0  # a local VAE folder
     assert "nothing to fetch" in capsys.readouterr().out
-    assert prefetch.main([haste, "--check", "teacher.weights=none", "data.preview=channels"]) == 0
+    assert haste_cli(["prefetch", haste, "--check", "teacher.weights=none", "data.preview=channels"]) == 0

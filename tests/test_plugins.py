@@ -59,7 +59,7 @@ def test_built_in_plugins_load_through_entry_points(plugins):
 
 
 def test_listing_command_shows_plugins_versions_hooks_and_names():
-    result = run_module("haste_core.plugins")
+    result = run_module("haste_core.cli", "plugins")
     assert result.returncode == 0, result.stderr
     assert "teachers.digits_vit  [haste 0.1.0]" in result.stdout
     assert "  hooks: haste_register_teachers" in result.stdout
@@ -78,7 +78,7 @@ def test_third_party_plugin_is_a_peer(tmp_path):
         POLICY_MODULE.format(name="fancy_stop"),
         "fancy",
     )
-    result = run_module("haste_core.plugins", env={"PYTHONPATH": str(tmp_path)})
+    result = run_module("haste_core.cli", "plugins", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert "fancy  [haste-fancy-stop 1.2.3]" in result.stdout
     assert "  terminations: fancy_stop" in result.stdout
@@ -95,7 +95,7 @@ def test_blocking_a_plugin_removes_its_components(tmp_path):
         "fancy",
     )
     env = {"PYTHONPATH": str(tmp_path), "HASTE_BLOCK_PLUGINS": "fancy, monitor.tensorboard"}
-    result = run_module("haste_core.plugins", env=env)
+    result = run_module("haste_core.cli", "plugins", env=env)
     assert result.returncode == 0, result.stderr
     assert "fancy" not in result.stdout and "monitor.tensorboard" not in result.stdout
     assert "21 plugins, 70 components" in result.stdout
@@ -103,7 +103,7 @@ def test_blocking_a_plugin_removes_its_components(tmp_path):
 
 def test_duplicate_component_names_fail_naming_both_plugins(tmp_path):
     make_distribution(tmp_path, "haste-clash", "0.1", "haste_clash", POLICY_MODULE.format(name="fixed_step"), "clash")
-    result = run_module("haste_core.plugins", env={"PYTHONPATH": str(tmp_path)})
+    result = run_module("haste_core.cli", "plugins", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 2
     assert "termination 'fixed_step' is registered twice" in result.stderr
     assert "'termination.fixed_step'" in result.stderr and "'clash'" in result.stderr
@@ -112,11 +112,11 @@ def test_duplicate_component_names_fail_naming_both_plugins(tmp_path):
 
 def test_plugin_that_fails_to_import_is_named(tmp_path):
     make_distribution(tmp_path, "haste-broken", "0.2", "haste_broken", "import numpy_that_does_not_exist\n", "broken")
-    result = run_module("haste_core.plugins", env={"PYTHONPATH": str(tmp_path)})
+    result = run_module("haste_core.cli", "plugins", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 2
     assert "plugin 'broken' (haste_broken, from haste-broken 0.2) failed to import" in result.stderr
     assert "ModuleNotFoundError" in result.stderr and "HASTE_BLOCK_PLUGINS=broken" in result.stderr
-    result = run_module("haste_core.plugins", env={"PYTHONPATH": str(tmp_path), "HASTE_BLOCK_PLUGINS": "broken"})
+    result = run_module("haste_core.cli", "plugins", env={"PYTHONPATH": str(tmp_path), "HASTE_BLOCK_PLUGINS": "broken"})
     assert result.returncode == 0, result.stderr
 
 

@@ -1,4 +1,4 @@
-"""``python -m haste_core.prepare imagenet``: a small folder of generated images end to end, with a tiny VAE built
+"""``haste prepare imagenet``: a small folder of generated images end to end, with a tiny VAE built
 here; the ADM centre crop; resuming; errors that name the bad file."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from haste_core.prepare import adm_center_crop, main
-from haste_core.prepared import read_manifest, sha256
+from haste_core.cli import main as haste
+from haste_core.data.prepare import adm_center_crop
+from haste_core.data.prepared import read_manifest, sha256
 
 RESOLUTION = 32
 SIZES = [(40, 30), (64, 64), (100, 48), (33, 70), (32, 32)]  # width × height of the generated images
@@ -32,7 +33,7 @@ def image_folder(tmp_path):
 
 
 def _prepare(src, dst, vae, *extra):
-    return main(["imagenet", str(src), str(dst), "--resolution", str(RESOLUTION), "--vae", str(vae),
+    return haste(["prepare", "imagenet", str(src), str(dst), "--resolution", str(RESOLUTION), "--vae", str(vae),
                  "--shard-size", "4", "--batch", "3", "--workers", "0", "--device", "cpu", *extra])  # fmt: skip
 
 
@@ -122,8 +123,8 @@ def test_prepare_coco_with_a_tiny_text_tower(tiny_vae, tmp_path):
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     from haste_core import distributed
-    from haste_core.prepare import parse_args, prepare
-    from haste_core.text_encoder import OpenCLIPText
+    from haste_core.data.prepare import PrepareSettings, prepare
+    from haste_core.data.text_encoder import OpenCLIPText
 
     rng = np.random.default_rng(1)
     src = tmp_path / "coco"
@@ -146,8 +147,9 @@ def test_prepare_coco_with_a_tiny_text_tower(tiny_vae, tmp_path):
     )
     encoder = OpenCLIPText(model, open_clip.get_tokenizer("ViT-L-14"))
     dst = tmp_path / "prepared"
-    args = parse_args(["coco", str(src), str(dst), "--resolution", str(RESOLUTION), "--vae", str(tiny_vae),
-                       "--captions", "2", "--workers", "0", "--device", "cpu"])  # fmt: skip
+    args = PrepareSettings(
+        kind="coco", src=src, dst=dst, resolution=RESOLUTION, vae=str(tiny_vae), captions=2, workers=0
+    )
     env = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     manifest = prepare(args, env, encoder=encoder)
     assert manifest["num_items"] == 2 and (manifest["text_len"], manifest["text_dim"], manifest["pooled_dim"]) == (

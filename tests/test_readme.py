@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from haste_core import distributed
-from haste_core.recipe import load_recipe
+from haste_core.config.recipe import load_recipe
 from haste_core.testing import check_termination
-from haste_core.trainer import Trainer
+from haste_core.train.trainer import Trainer
 
 from .conftest import REPO, TINY_RECIPE
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from haste_core.config.recipe import load_recipe, validate
 from haste_core.errors import HasteError, PluginError, RecipeError, RunFolderError
-from haste_core.recipe import load_recipe, validate
-from haste_core.run_folder import resume_source
+from haste_core.train.run_folder import resume_source
 
 from .conftest import REPO, TINY_RECIPE, run_module
 
@@ -21,7 +21,9 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 def test_every_shipped_recipe_validates(path, plugins):
     recipe, _ = load_recipe(path)
     header = path.read_text().splitlines()[:12]
-    assert any("haste_core.run" in line and line.startswith("#") for line in header), f"{path.name} lacks its command"
+    assert any(("haste_core.run" in line or "haste run" in line) and line.startswith("#") for line in header), (
+        f"{path.name} lacks its command"
+    )
     assert recipe.run.max_steps > 0
 
 
@@ -186,7 +188,7 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path):
     missing = run_module("haste_core.run", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "recipe file" in missing.stderr and "does not exist" in missing.stderr
     usage = run_module("haste_core.run", str(TINY_RECIPE), "--lr=3")
-    assert usage.returncode == 2 and "usage: python -m haste_core.run RECIPE.yaml" in usage.stderr
+    assert usage.returncode == 2 and "usage: haste run [-h] [--check] recipe [key.path=value ...]" in usage.stderr
 
 
 def test_check_prints_the_resolved_recipe_and_writes_nothing(tmp_path):

@@ -1,5 +1,5 @@
-"""``python -m haste_core.sample``: PNGs and the ADM ``.npz`` from a checkpoint, labels stated, resumable; and
-``python -m haste_core.evaluate`` failing fast without Inception weights."""
+"""``haste sample``: PNGs and the ADM ``.npz`` from a checkpoint, labels stated, resumable; and
+``haste evaluate`` failing fast without Inception weights."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from haste_core import run
-from haste_core.evaluate import main as evaluate_main
-from haste_core.sample import image_labels, image_noise
-from haste_core.sample import main as sample_main
+from haste_core.cli import main as haste
+from haste_core.eval.generate import image_labels, image_noise
 from tests.conftest import TINY_RECIPE
 
 
@@ -24,8 +23,8 @@ def trained(tmp_path_factory):
 
 
 def _sample(checkpoint, out, *extra):
-    return sample_main([str(checkpoint), "--num-images", "12", "--out", str(out), "--sampler", "euler", "--steps", "2",
-                        "--batch", "5", "--device", "cpu", *extra])  # fmt: skip
+    return haste(["sample", str(checkpoint), "--num-images", "12", "--out", str(out), "--sampler", "euler",
+                  "--steps", "2", "--batch", "5", "--device", "cpu", *extra])  # fmt: skip
 
 
 def test_sample_writes_pngs_npz_and_states_the_labels(trained, tmp_path):
@@ -72,12 +71,12 @@ def test_evaluate_fails_fast_without_inception_weights(tmp_path, monkeypatch, ca
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     images = np.zeros((4, 8, 8, 3), np.uint8)
     np.savez(tmp_path / "a.npz", arr_0=images)
-    assert evaluate_main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz")]) == 2
+    assert haste(["evaluate", str(tmp_path / "a.npz"), str(tmp_path / "a.npz")]) == 2
     assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
 
 
 def test_latent_checkpoints_are_decoded_with_the_vae_even_if_trained_with_channel_previews(tiny_vae, tmp_path):
-    from haste_core.prepared import write_example
+    from haste_core.data.prepared import write_example
 
     folder = write_example(tmp_path / "in32", num_items=4, resolution=32)
     recipe = tmp_path / "r.yaml"

@@ -7,10 +7,10 @@ import pytest
 import torch
 from haste_objectives.flow import Flow
 
+from haste_core.config.sections import SamplingConfig
 from haste_core.errors import HasteError, RecipeError
+from haste_core.eval.samplers import _rates, euler_sample, sample, sde_sample
 from haste_core.interfaces import StudentOutput
-from haste_core.sampling import _rates, euler_sample, sample, sde_sample
-from haste_core.sections import SamplingConfig
 
 MEAN, STD = 1.5, 0.6
 NULL = 2  # the null class of the fake student; class 1 moves the data mean by +1

@@ -133,7 +133,7 @@ def test_offline_hub_fails_at_once_saying_how_to_supply_it(plugins, tmp_path, mo
     assert time.perf_counter() - started < FAST_S
     message = str(caught.value)
     wanted = [f"teacher {name}", "HF_HUB_OFFLINE is set", f"'{hub_id}'", f"'{filename}'"]
-    wanted += [f"weights: /path/to/{filename}", "python -m haste_core.prefetch", "haste_resolve_weights"]
+    wanted += [f"weights: /path/to/{filename}", "haste prefetch", "haste_resolve_weights"]
     for part in wanted:
         assert part in message, f"{part!r} not in {message!r}"
 
@@ -181,7 +181,7 @@ def test_hub_weights_come_from_the_cache_offline_and_plugins_come_first(plugins,
 
 def test_a_hanging_name_lookup_still_fails_at_once(plugins, tmp_path, monkeypatch):
     """No reachable DNS server: the lookup ignores socket timeouts, so the probe itself must be bounded."""
-    from haste_core import weights
+    from haste_core.weights import hub as weights
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")

@@ -210,9 +210,10 @@ def test_each_teacher_encodes_once_per_step_for_all_alignments_that_use_it(tmp_p
     """Features from one teacher (two REPA terms), attention maps from another: two encodes per step."""
     from haste_teachers.digits_vit import DigitsViT
 
-    from haste_core import distributed, run_folder
-    from haste_core.recipe import load_recipe
-    from haste_core.trainer import Trainer
+    from haste_core import distributed
+    from haste_core.config.recipe import load_recipe
+    from haste_core.train import run_folder
+    from haste_core.train.trainer import Trainer
 
     from .conftest import TINY_RECIPE
 

@@ -6,8 +6,8 @@ import yaml
 from haste_termination.fixed_step import FixedStep
 from haste_termination.never import Never
 
-from haste_core.phase import PhasePlan
-from haste_core.recipe import validate
+from haste_core.config.recipe import validate
+from haste_core.train.phase import PhasePlan
 
 from .conftest import TINY_RECIPE
 

@@ -13,10 +13,10 @@ from haste_termination.fixed_epoch import FixedEpoch
 from haste_termination.gradient_conflict import GradientConflict
 from haste_termination.plateau import Plateau
 
-from haste_core import probe
+from haste_core.config.recipe import validate
 from haste_core.errors import HasteError, RecipeError
-from haste_core.phase import PhasePlan
-from haste_core.recipe import validate
+from haste_core.train import probe
+from haste_core.train.phase import PhasePlan
 
 from .conftest import TINY_RECIPE
 

@@ -12,9 +12,11 @@ import yaml
 from haste_teachers.digits_vit import DigitsViT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from haste_core import checkpoint, distributed, hookimpl, run_folder
+from haste_core import distributed, hookimpl
 from haste_core.errors import CheckpointError, HasteError, RunFolderError
-from haste_core.trainer import Trainer
+from haste_core.train import run_folder
+from haste_core.train.trainer import Trainer
+from haste_core.weights import checkpoint
 
 from .conftest import TINY_RECIPE, run_module
 

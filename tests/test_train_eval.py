@@ -8,10 +8,11 @@ import torch
 from haste_data.digits import load_split
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from haste_core import distributed, run, run_folder
+from haste_core import distributed, run
 from haste_core.errors import RecipeError
-from haste_core.evaluate import write_npz
-from haste_core.trainer import Trainer
+from haste_core.eval.scores import write_npz
+from haste_core.train import run_folder
+from haste_core.train.trainer import Trainer
 from tests.conftest import TINY_RECIPE
 
 CPU = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -33,7 +34,7 @@ def reference(tmp_path):
 
 
 def test_fid_is_logged_every_k_steps(tiny, plugins, reference, monkeypatch):
-    monkeypatch.setattr("haste_core.train_eval.load_fid_inception", lambda path, device: PixelFeatures())
+    monkeypatch.setattr("haste_core.eval.in_training.load_fid_inception", lambda path, device: PixelFeatures())
     recipe = tiny("run.max_steps=4", "eval.every=2", "eval.num_samples=30", f"eval.reference={reference}",
                   "eval.batch=16")  # fmt: skip
     run_folder.write_recipe(recipe)
@@ -69,10 +70,10 @@ class LinearFeatures(torch.nn.Module):
 
 
 def test_inception_features_ignore_the_trainers_autocast(reference, monkeypatch):
-    from haste_core.sections import EvalConfig, SamplingConfig
-    from haste_core.train_eval import FIDEvaluator
+    from haste_core.config.sections import EvalConfig, SamplingConfig
+    from haste_core.eval.in_training import FIDEvaluator
 
-    monkeypatch.setattr("haste_core.train_eval.load_fid_inception", lambda path, device: LinearFeatures())
+    monkeypatch.setattr("haste_core.eval.in_training.load_fid_inception", lambda path, device: LinearFeatures())
     evaluator = FIDEvaluator(EvalConfig(every=1, reference=str(reference), batch=16), SamplingConfig(), CPU)
     images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
     plain = evaluator._pool(images)

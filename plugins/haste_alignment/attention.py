@@ -1,7 +1,7 @@
 """HASTE attention distillation: the student's attention maps learn the teacher's, pair by pair.
 
 For each (student block, teacher block) pair, the student's H_s heads are first mapped onto the teacher's H_t
-heads, then every (sample, head, query) row is compared over the N patch keys (``haste_core.attention_loss``):
+heads, then every (sample, head, query) row is compared over the N patch keys (``haste_alignment.attention_loss``):
 
 - ``heads``: ``first`` takes the first H_t student heads (HASTE; needs H_s ≥ H_t); ``mean`` averages groups of
   H_s/H_t consecutive student heads (needs H_t to divide H_s); ``learned`` mixes all student heads into each
@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from haste_alignment.attention_loss import DEFAULT_CHUNK_ELEMENTS, AttentionLoss, attention_loss, attention_loss_naive
 from haste_core import hookimpl
-from haste_core.attention_loss import DEFAULT_CHUNK_ELEMENTS, AttentionLoss, attention_loss, attention_loss_naive
 from haste_core.errors import RecipeError
 from haste_core.interfaces import Alignment, Capture, StudentOutput, StudentSpec, TeacherOutput, TeacherSpec
 from haste_core.registry import Registry

@@ -1,4 +1,4 @@
-"""``coco``: text-conditioned images + latents + caption embeddings (``python -m haste_core.prepare coco``).
+"""``coco``: text-conditioned images + latents + caption embeddings (``haste prepare coco``).
 
 Each image has K captions (5 by default); item i is image i mod N with caption (i div N) mod K, so an epoch
 sees every caption once (with ``flip: true``, a second pass with mirrored images and their own latents).
@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from haste_core import hookimpl
-from haste_core.cache import cache_dir
+from haste_core.data.prepared import MANIFEST, ShardedField, save_array, write_example, write_manifest
 from haste_core.interfaces import DataSpec
-from haste_core.prepared import MANIFEST, ShardedField, save_array, write_example, write_manifest
 from haste_core.registry import Registry
+from haste_core.weights.cache import cache_dir
 from haste_data.latents import EXAMPLE_RESOLUTION, Latents, read_checked_manifest
 
 CLIP_L_TEXT = (77, 768, 768)  # CLIP ViT-L/14 text tower: tokens, width, projected pooled width

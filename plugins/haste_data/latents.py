@@ -1,4 +1,4 @@
-"""``latents``: an ImageNet-style prepared folder (``python -m haste_core.prepare imagenet``).
+"""``latents``: an ImageNet-style prepared folder (``haste prepare imagenet``).
 
 Items: ``image`` uint8 3×R×R (for teachers; left out in Phase II), ``x`` the scaled posterior mean
 ``scale·mean + shift`` (C×h×w), ``x_std`` its scaled standard deviation and ``cond`` the class id. The posterior
@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 
 from haste_core import hookimpl
-from haste_core.cache import cache_dir
+from haste_core.data.prepared import MANIFEST, ShardedField, read_manifest, write_example
+from haste_core.data.vae import DEFAULT_VAE, SD_VAE_SCALE
 from haste_core.errors import HasteError, RecipeError
 from haste_core.interfaces import DataSpec
-from haste_core.prepared import MANIFEST, ShardedField, read_manifest, write_example
 from haste_core.registry import Registry
-from haste_core.vae import DEFAULT_VAE, SD_VAE_SCALE
-from haste_core.weights import HubFile, diffusers_hub_files
+from haste_core.weights.cache import cache_dir
+from haste_core.weights.hub import HubFile, diffusers_hub_files
 from haste_data.base import OpenedDataset
 
 SD_VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px -> 32×32 latents
@@ -37,7 +37,7 @@ def prepare_command(kind: str, path: str, resolution: int, flip: bool) -> str:
     source = "/path/to/ILSVRC2012/train" if kind == "imagenet" else "/path/to/coco2014"
     extra = " --flip" if flip else ""
     return (
-        f"torchrun --standalone --nproc_per_node=8 -m haste_core.prepare {kind} {source} {path} "
+        f"torchrun --standalone --nproc_per_node=8 --no-python haste prepare {kind} {source} {path} "
         f"--resolution {resolution}{extra}"
     )
 
@@ -73,7 +73,7 @@ class Latents(OpenedDataset):
 
     @dataclass(kw_only=True, frozen=True)
     class Config:
-        path: str  # the prepared folder (haste_core.prepare imagenet SRC DST)
+        path: str  # the prepared folder (haste_core.data.prepare imagenet SRC DST)
         resolution: int = 256  # 256 or 512 in the papers
         num_classes: int = IMAGENET_CLASSES  # used while the folder does not exist yet
         latent_channels: int = SD_VAE_CHANNELS
@@ -87,7 +87,7 @@ class Latents(OpenedDataset):
 
         def __post_init__(self) -> None:
             if not self.path:
-                raise RecipeError("give the prepared folder (python -m haste_core.prepare imagenet SRC DST)", "path")
+                raise RecipeError("give the prepared folder (haste prepare imagenet SRC DST)", "path")
             if self.resolution % self.vae_downsample or self.resolution <= 0:
                 raise RecipeError(f"must be a positive multiple of {self.vae_downsample}", "resolution")
             if self.scale <= 0:
@@ -104,7 +104,7 @@ class Latents(OpenedDataset):
 
     @classmethod
     def hub_files(cls, config: Config) -> list[HubFile]:
-        """The preview VAE's hub files, for ``python -m haste_core.prefetch`` (the folder's VAE, or the default
+        """The preview VAE's hub files, for ``haste prefetch`` (the folder's VAE, or the default
         SD-VAE while the folder is not prepared; none for a local VAE folder or ``preview: channels``)."""
         if config.preview != "vae":
             return []
@@ -159,7 +159,7 @@ class Latents(OpenedDataset):
         self.base_items = manifest["num_items"]
         self._vae: Any = None
         if config.preview == "vae":
-            from haste_core.vae import check_vae_reachable
+            from haste_core.data.vae import check_vae_reachable
 
             check_vae_reachable(config.vae or manifest["vae"])
 
@@ -192,7 +192,7 @@ class Latents(OpenedDataset):
             z = (x[:, :3] - self.config.shift) / self.config.scale
             low, high = z.amin(dim=(1, 2, 3), keepdim=True), z.amax(dim=(1, 2, 3), keepdim=True)
             return ((z - low) / (high - low).clamp_min(1e-6) * 255).round().to(torch.uint8)
-        from haste_core.vae import decode_latents, load_vae
+        from haste_core.data.vae import decode_latents, load_vae
 
         if self._vae is None:
             self._vae = load_vae(self.config.vae or self.manifest["vae"], x.device)

@@ -12,7 +12,7 @@ trains the variance: KL(q(x_{n−1}|x_n, x0) ‖ p(x_{n−1}|x_n)) in bits per d
 discretised Gaussian decoder NLL (bins of width 2/255 on data in [−1, 1]).
 
 Samplers: ``velocity`` is the probability-flow velocity implied by ε (so the Euler ODE sampler works), and
-``discrete_schedule`` gives ᾱ for the DDPM ancestral sampler ``haste_core.sampling.ddpm_sample``.
+``discrete_schedule`` gives ᾱ for the DDPM ancestral sampler ``haste_core.eval.samplers.ddpm_sample``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from haste_core import hookimpl
 from haste_core.errors import HasteError, RecipeError
 from haste_core.registry import Registry
-from haste_core.weights import HubFile
+from haste_core.weights.hub import HubFile
 from haste_teachers.vit_teacher import Dims, Sink, ViTTeacher
 
 # registered name -> open_clip architecture

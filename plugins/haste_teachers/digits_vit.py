@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haste_core import hookimpl
-from haste_core.cache import cache_dir
 from haste_core.errors import HasteError, RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, Teacher, TeacherOutput, TeacherSpec
 from haste_core.ops import attention_logits
 from haste_core.registry import Registry
-from haste_core.weights import check_fits
+from haste_core.weights.cache import cache_dir
+from haste_core.weights.hub import check_fits
 
 log = logging.getLogger("haste")
 

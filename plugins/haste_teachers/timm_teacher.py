@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from haste_core.errors import HasteError
-from haste_core.weights import HubFile
+from haste_core.weights.hub import HubFile
 from haste_teachers.vit_teacher import Dims, Sink, ViTTeacher
 
 TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm itself tries, in order (timm/models/_hub.py)

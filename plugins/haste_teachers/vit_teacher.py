@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haste_core import weights as weights_lib
 from haste_core.errors import RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, Teacher, TeacherOutput, TeacherSpec
 from haste_core.ops import attention_logits
+from haste_core.weights import hub as weights_lib
 
 log = logging.getLogger("haste")
 
@@ -123,7 +123,7 @@ class ViTTeacher(Teacher):
 
     @classmethod
     def hub_files(cls, config: Any, **fixed: Any) -> list[weights_lib.HubFile]:
-        """Files ``python -m haste_core.prefetch`` fetches for this config (none unless ``weights: hub``)."""
+        """Files ``haste prefetch`` fetches for this config (none unless ``weights: hub``)."""
         hub = cls.hub_file(config, **fixed) if config.weights == weights_lib.HUB else None
         return [hub] if hub is not None else []
 

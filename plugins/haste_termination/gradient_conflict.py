@@ -1,6 +1,6 @@
 """``gradient_conflict``: stop aligning once the alignment gradient keeps pulling against denoising.
 
-Every ``every`` steps the trainer's gradient probe (``haste_core.probe``) measures, on the student parameters
+Every ``every`` steps the trainer's gradient probe (``haste_core.train.probe``) measures, on the student parameters
 both losses reach, the cosine between the gradient of the denoising loss and the summed (weighted) gradient of
 the alignments this policy governs. Once the cosine stays below ``threshold`` for ``patience`` measurements in
 a row (from ``min_step`` on), the policy fires: alignment has become the "straitjacket" HASTE describes. A
@@ -18,8 +18,8 @@ from torch import Tensor
 from haste_core import hookimpl
 from haste_core.errors import RecipeError
 from haste_core.interfaces import Fired, Termination
-from haste_core.probe import conflict_cosine
 from haste_core.registry import Registry
+from haste_core.train.probe import conflict_cosine
 
 
 class GradientConflict(Termination):

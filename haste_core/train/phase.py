@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import Tensor
 
+from haste_core.config.recipe import Recipe
 from haste_core.interfaces import Termination
-from haste_core.recipe import Recipe
 
 RUN_POLICY = "run"
 

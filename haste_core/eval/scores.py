@@ -1,20 +1,15 @@
-"""Score generated images against a reference batch: FID, sFID, Inception Score, precision and recall.
+"""Score generated images against a reference batch: FID, sFID, Inception Score, precision and recall
+(``haste evaluate``).
 
-    python -m haste_core.evaluate SAMPLES REFERENCE [--inception FILE] [--batch 200] [--device auto] [--out FILE]
-
-SAMPLES and REFERENCE are ADM-suite ``.npz`` files (``arr_0``: uint8 N×H×W×3; e.g. ``VIRTUAL_imagenet256_labeled.npz``
-for ImageNet 256) or folders of PNGs. Both go through the same FID Inception network (``haste_core.inception``),
+Samples and reference are ADM-suite ``.npz`` files (``arr_0``: uint8 N×H×W×3; e.g. ``VIRTUAL_imagenet256_labeled.npz``
+for ImageNet 256) or folders of PNGs. Both go through the same FID Inception network (``haste_core.eval.inception``),
 so reference statistics are recomputed from the reference images rather than read from the file. Protocol as in
-the ADM suite (haste_spec.md §5.5): FID on the 2048-d pool features, sFID on the first 7 channels of
-``mixed_6/conv``, Inception Score over splits of 5,000, precision/recall with k = 3 nearest neighbours on the pool
-features. Prints one line per metric and writes them as JSON with ``--out``.
+the ADM suite: FID on the 2048-d pool features, sFID on the first 7 channels of ``mixed_6/conv``, Inception Score
+over splits of 5,000, precision/recall with k = 3 nearest neighbours on the pool features.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +17,7 @@ import torch
 from PIL import Image
 
 from haste_core.errors import HasteError
-from haste_core.fid import frechet_distance_features
+from haste_core.eval.fid import frechet_distance_features
 
 IS_SPLIT_SIZE = 5000  # ADM evaluator: Inception Score averaged over splits of 5,000 images
 NEIGHBOURS = 3  # ADM evaluator: k of the k-NN manifold (Kynkäänniemi et al. 2019)
@@ -149,38 +144,17 @@ def inception_outputs(
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m haste_core.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("samples", help="generated images: ADM .npz (arr_0) or a folder of PNGs")
-    parser.add_argument("reference", help="reference images: ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz)")
-    parser.add_argument("--inception", default=None, help=f"path of {'pt_inception-2015-12-05-6726825d.pth'}")
-    parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON here")
-    args = parser.parse_args(argv)
-    try:
-        from haste_core.inception import load_fid_inception
+def evaluate_files(
+    samples: str | Path, reference: str | Path, *, inception: str | None, batch: int, device: torch.device
+) -> dict[str, float]:
+    """Every metric of the images in ``samples`` against those in ``reference`` (``.npz`` files or PNG folders),
+    with the counts of both (``num_samples``, ``num_reference``)."""
+    from haste_core.eval.inception import load_fid_inception
 
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if args.device == "auto" else args.device)  # fmt: skip
-        model = load_fid_inception(args.inception, device)  # first: missing weights fail before images are read
-        samples, reference = read_images(args.samples), read_images(args.reference)
-        metrics = all_metrics(
-            inception_outputs(model, samples, args.batch, device),
-            inception_outputs(model, reference, args.batch, device),
-        )
-    except HasteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{len(samples)} samples vs {len(reference)} reference images ({args.samples} vs {args.reference}):")
-    for key, value in metrics.items():
-        print(f"  {key:<16} {value:.4f}")
-    if args.out:
-        args.out.write_text(
-            json.dumps({**metrics, "num_samples": len(samples), "num_reference": len(reference)}, indent=1)
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    model = load_fid_inception(inception, device)  # first: missing weights fail before images are read
+    sample_images, reference_images = read_images(samples), read_images(reference)
+    metrics = all_metrics(
+        inception_outputs(model, sample_images, batch, device),
+        inception_outputs(model, reference_images, batch, device),
+    )
+    return {**metrics, "num_samples": len(sample_images), "num_reference": len(reference_images)}

@@ -6,7 +6,7 @@ that timm and open_clip use), ``none`` (random weights, for tests), or the path 
 ``.safetensors`` file. With ``hub`` a ``haste_resolve_weights`` plugin is asked first. When the file is not
 cached and the hub cannot be reached (``HF_HUB_OFFLINE=1`` or no network), loading fails within seconds with
 the hub id, the file name and the three ways to supply it; it never waits through minutes of retries.
-``python -m haste_core.prefetch RECIPE.yaml`` fills the cache ahead of time.
+``haste prefetch RECIPE.yaml`` fills the cache ahead of time.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def missing_message(what: str, hub: HubFile, why: str, local: str = "") -> str:
     setting = local or f"weights: /path/to/{hub.filenames[0]}"
     ways = [
         f"put the file on this machine and give its path in the recipe ({setting})",
-        "on a machine with internet run `python -m haste_core.prefetch RECIPE.yaml`, which stores them in the cache, "
+        "on a machine with internet run `haste prefetch RECIPE.yaml`, which stores them in the cache, "
         "and share or copy that cache here (HF_HOME / HF_HUB_CACHE)",
     ]
     if not local:
@@ -229,7 +229,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-# How check_fits words a misfit after "{source} does not fit {target}: "; haste_core.students words it for checkpoints
+# How check_fits words a misfit after "{source} does not fit {target}: " (import_checkpoint words it for checkpoints)
 FILE_MISFIT = {
     "missing": "key '{key}' is missing (the weights of another model?)",
     "shape": "'{key}' has shape {found} in the file and {wanted} in the model (is it another size of this model?)",

@@ -1,4 +1,4 @@
-"""The on-disk layout of a prepared data set (written by ``haste_core.prepare``, read by the data plugins).
+"""The on-disk layout of a prepared data set (written by ``haste_core.data.prepare``, read by the data plugins).
 
 A prepared folder holds shards of at most ``shard_size`` items, one ``.npy`` file per field and shard, and a
 ``manifest.json`` listing every shard with its item count and the SHA-256 of each file::
@@ -75,7 +75,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
         done = sum(s["count"] for s in manifest.get("shards", []))
         raise HasteError(
             f"{root} is only partly prepared ({done} of {manifest.get('num_items')} items); run the same "
-            "`python -m haste_core.prepare` command again to finish it (it resumes)"
+            "`haste prepare` command again to finish it (it resumes)"
         )
     return manifest
 

@@ -1,14 +1,11 @@
-"""Fetch every pretrained weight a recipe needs into the caches, or report what is missing.
-
-    python -m haste_core.prefetch RECIPE.yaml [key.path=value ...] [--check]
+"""Fetch every pretrained weight a recipe needs into the caches, or report what is missing (``haste prefetch``).
 
 For clusters whose login node has internet and whose compute nodes do not: run it on the login node (it stores
 the files in the Hugging Face cache, ``HF_HUB_CACHE`` / ``$HF_HOME/hub``), then train on the compute nodes with
-``HF_HUB_OFFLINE=1``. ``--check`` downloads nothing. Exit status: 0 when everything is (now) in the cache, 1 when
-``--check`` found something missing, 2 on a recipe error or a failed download (offline: at once, saying why).
-Components name their hub files with a ``hub_files(config, **fixed)`` class method (the student, the data set,
-e.g. the latents' preview VAE, and every teacher); a ``haste_resolve_weights`` plugin's answer, or a weights file
-named in the recipe, needs nothing from the hub.
+``HF_HUB_OFFLINE=1``. With ``check`` nothing is downloaded. Components name their hub files with a
+``hub_files(config, **fixed)`` class method (the student, the data set, e.g. the latents' preview VAE, and every
+teacher); a ``haste_resolve_weights`` plugin's answer, or a weights file named in the recipe, needs nothing from
+the hub.
 """
 
 from __future__ import annotations
@@ -17,12 +14,10 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from haste_core import weights
-from haste_core.errors import HasteError
+from haste_core.config.recipe import Node, Recipe
 from haste_core.plugins import Plugins
-from haste_core.recipe import Node, Recipe, load_recipe
+from haste_core.weights import hub as weights
 
-USAGE = "usage: python -m haste_core.prefetch RECIPE.yaml [key.path=value ...] [--check]"
 BYTES_PER_MB = 1024 * 1024
 RESOLVED_KINDS = ("student", "teacher")  # the kinds haste_resolve_weights answers for (haste_core/hookspecs.py)
 LOCAL_COPY = {"data": "data.vae: /path/to/a/folder that AutoencoderKL.save_pretrained wrote"}  # else weights:
@@ -76,22 +71,3 @@ def prefetch(recipe: Recipe, plugins: Plugins, *, check: bool, out: TextIO | Non
 
 def _size(path: Path) -> str:
     return f"{path.stat().st_size / BYTES_PER_MB:.1f} MB"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    check = "--check" in args
-    args = [a for a in args if a != "--check"]
-    if not args or any(a.startswith("-") for a in args):
-        print(USAGE, file=sys.stderr)
-        return 2
-    try:
-        recipe, plugins = load_recipe(args[0], args[1:], world_size=1)
-        return prefetch(recipe, plugins, check=check)
-    except HasteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

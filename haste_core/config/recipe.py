@@ -19,12 +19,20 @@ from typing import Any
 
 import yaml
 
-from haste_core.config import build_config, to_plain, unknown_key_message
+from haste_core.config import shipped
+from haste_core.config.coerce import build_config, to_plain, unknown_key_message
+from haste_core.config.sections import (
+    EMAConfig,
+    EvalConfig,
+    OptimizerConfig,
+    PrecisionConfig,
+    RunConfig,
+    SamplingConfig,
+)
 from haste_core.errors import RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, TeacherSpec
 from haste_core.plugins import Plugins, load_plugins
 from haste_core.registry import Entry
-from haste_core.sections import EMAConfig, EvalConfig, OptimizerConfig, PrecisionConfig, RunConfig, SamplingConfig
 
 # --- component nodes ------------------------------------------------------------------------------------------
 
@@ -146,7 +154,7 @@ def load_recipe(
     path: str | Path, overrides: Sequence[str] = (), *, world_size: int | None = None
 ) -> tuple[Recipe, Plugins]:
     """Read, override, load the plugins the recipe names, and validate. Raises ``HasteError`` subclasses."""
-    path = Path(path)
+    path = find_recipe(path)
     raw = read_yaml(path)
     raw = apply_overrides(raw, overrides)
     plugins = load_plugins(_plugin_list(raw), base_dir=path.parent)
@@ -154,9 +162,23 @@ def load_recipe(
     return validate(raw, plugins, world_size=world, source=str(path)), plugins
 
 
+def find_recipe(path: str | Path) -> Path:
+    """``path`` if it is a file, else the shipped recipe of that name (``quickstart``); a ``RecipeError`` listing the
+    shipped recipes otherwise."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = shipped.find(str(path))
+    if found is None:
+        names = ", ".join(shipped.shipped()) or "none are installed"
+        raise RecipeError(
+            f"recipe file {path} does not exist, and no shipped recipe has that name (shipped: {names}; "
+            "haste recipes lists them)"
+        )
+    return found
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist; recipes live in recipes/ (e.g. recipes/quickstart.yaml)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

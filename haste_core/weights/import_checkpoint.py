@@ -25,9 +25,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from haste_core.checkpoint import FORMAT as HASTE_FORMAT
 from haste_core.errors import CheckpointError
-from haste_core.weights import check_fits
+from haste_core.weights.checkpoint import FORMAT as HASTE_FORMAT
+from haste_core.weights.hub import check_fits
 
 REPA_PROJECTOR = "projectors.0."  # REPA/HASTE: one projector per teacher; the first one is the repa alignment's
 OUR_PROJECTOR = "projector."  # haste_alignment.repa keeps its MLP under this name
@@ -88,7 +88,7 @@ def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
 
 def _first_repa_state(alignments: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Tensor]:
     """The state of the run's first ``repa`` alignment still in the checkpoint (labelled ``repa``, or ``repa_<i>``
-    when the recipe lists several; haste_core.recipe's labelling rule), or {} when none is left."""
+    when the recipe lists several; haste_core.config.recipe's labelling rule), or {} when none is left."""
     names = [node.get("name") for node in recipe.get("alignment") or [] if isinstance(node, dict)]
     labels = [name if names.count(name) == 1 else f"{name}_{i}" for i, name in enumerate(names) if name == "repa"]
     return next((dict(alignments[label]) for label in labels if label in alignments), {})
@@ -100,7 +100,7 @@ def _split_projector(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[
     return backbone, projector
 
 
-# load_weights' words for a checkpoint that does not fit (see haste_core.weights.check_fits)
+# load_weights' words for a checkpoint that does not fit (see haste_core.weights.hub.check_fits)
 CHECKPOINT_MISFIT = {
     "missing": "key '{key}' is missing from the checkpoint",
     "shape": "'{key}' has shape {found} in the checkpoint but {wanted} in {target}",

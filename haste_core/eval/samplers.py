@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from haste_core.data import to_device
+from haste_core.config.sections import SamplingConfig
+from haste_core.distributed import to_device
 from haste_core.errors import HasteError
 from haste_core.interfaces import Dataset, Objective, Student
-from haste_core.sections import SamplingConfig
 
 
 def cat_conds(first: Any, second: Any) -> Any:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from haste_core.distributed import to_device
+
 # Mixes the run seed with the epoch number so each (seed, epoch) pair gets its own permutation.
 _EPOCH_SEED_STRIDE = 1_000_003  # a prime larger than any realistic number of epochs
 
@@ -105,10 +107,3 @@ class DataStream:
                 self._iterator = None
         self.batch += 1
         return to_device(batch, self.device)
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """A tensor, or a (nested) dict of tensors such as a batch or a text condition, moved to ``device``."""
-    if isinstance(value, dict):
-        return {key: to_device(item, device) for key, item in value.items()}
-    return value.to(device, non_blocking=True)

@@ -24,18 +24,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from haste_core import checkpoint, distributed, probe
-from haste_core.data import DataStream
+from haste_core import distributed
+from haste_core.config.recipe import Recipe
 from haste_core.distributed import DistEnv
-from haste_core.ema import EMA
+from haste_core.eval.samplers import sample_grid, save_png
 from haste_core.interfaces import Alignment, Capture, Objective, RunContext, Student, Teacher, TeacherOutput
-from haste_core.metrics import BYTES_PER_MB, MetricWindow, check_finite, format_metrics
-from haste_core.phase import PhasePlan, Stop
 from haste_core.plugins import Plugins
-from haste_core.recipe import Recipe
-from haste_core.sampling import sample_grid, save_png
-from haste_core.students import import_checkpoint, read_checkpoint
-from haste_core.train_step import TrainStep
+from haste_core.train import probe
+from haste_core.train.ema import EMA
+from haste_core.train.metric_window import BYTES_PER_MB, MetricWindow, check_finite, format_metrics
+from haste_core.train.phase import PhasePlan, Stop
+from haste_core.train.stream import DataStream
+from haste_core.train.train_step import TrainStep
+from haste_core.weights import checkpoint
+from haste_core.weights.import_checkpoint import import_checkpoint, read_checkpoint
 
 log = logging.getLogger("haste")
 
@@ -58,7 +60,7 @@ class Trainer:
 
         self.evaluator = None  # in-training FID (recipe section `eval`); built first: missing weights fail at once
         if recipe.eval.every:
-            from haste_core.train_eval import FIDEvaluator
+            from haste_core.eval.in_training import FIDEvaluator
 
             self.evaluator = FIDEvaluator(recipe.eval, recipe.sampling, env)
         torch.manual_seed(recipe.run.seed)  # the same initial weights on every rank
@@ -257,7 +259,7 @@ class Trainer:
         log.info(f"initialised {name} from {path} ({published.layout} layout)")
 
     def _probe(self, step_module: TrainStep, args: tuple[Any, ...]) -> dict[str, Tensor]:
-        """The gradient probe (``haste_core.probe``) when a policy asks for it at this step; its time is logged as
+        """The gradient probe (``haste_core.train.probe``) when a policy asks for it at this step; its time is logged as
         ``perf/probe_s`` and left out of ``perf/step_s``."""
         if not self.plan.active or not self.plan.probe_due(self.step + 1):
             return {}

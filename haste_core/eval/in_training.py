@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from haste_core import distributed
+from haste_core.config.sections import EvalConfig, SamplingConfig
 from haste_core.distributed import DistEnv
-from haste_core.evaluate import read_images
-from haste_core.fid import frechet_distance, gaussian_stats
-from haste_core.inception import load_fid_inception
-from haste_core.sample import generate, image_labels
-from haste_core.sections import EvalConfig, SamplingConfig
+from haste_core.eval.fid import frechet_distance, gaussian_stats
+from haste_core.eval.generate import generate, image_labels
+from haste_core.eval.inception import load_fid_inception
+from haste_core.eval.scores import read_images
 
 log = logging.getLogger("haste")
 

@@ -40,7 +40,7 @@ class RunConfig:
                 f"checkpoint {self.resume!r} does not exist; give 'auto', 'never' or the path of a .pt file",
                 "resume",
             )
-        # init_from must exist only when a run starts fresh: haste_core.run_folder.resume_source checks it
+        # init_from must exist only when a run starts fresh: haste_core.train.run_folder.resume_source checks it
         if self.device == "cuda":
             import torch
 

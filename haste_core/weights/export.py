@@ -1,21 +1,19 @@
-"""Export EMA student weights: ``python -m haste_core.export RUN_OR_CKPT out.safetensors``.
+"""Export EMA student weights as safetensors (``haste export RUN_OR_CKPT out.safetensors``).
 
-RUN_OR_CKPT is a run folder (its ``checkpoints/latest.pt`` is used), a haste checkpoint, or a REPA/HASTE/DiT
-checkpoint (``haste_core.students.read_checkpoint``). Only the student's EMA weights are written (no optimiser,
-no projector, no teacher), as safetensors, with the source and student name in the file's metadata; they load
-back with ``safetensors.torch.load_file`` and ``student.load_state_dict``. Exit status 2 on a bad input.
+The source is a run folder (its ``checkpoints/latest.pt`` is used), a haste checkpoint, or a REPA/HASTE/DiT
+checkpoint (``haste_core.weights.import_checkpoint.read_checkpoint``). Only the student's EMA weights are written
+(no optimiser, no projector, no teacher), with the source and student name in the file's metadata; they load
+back with ``safetensors.torch.load_file`` and ``student.load_state_dict``.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from haste_core import checkpoint
 from haste_core.errors import HasteError
-from haste_core.students import read_checkpoint
+from haste_core.weights import checkpoint
+from haste_core.weights.import_checkpoint import read_checkpoint
 
-USAGE = "usage: python -m haste_core.export RUN_FOLDER_OR_CHECKPOINT OUT.safetensors"
 EXPORT_FORMAT = "haste-student/1"
 
 
@@ -41,21 +39,3 @@ def export(source: str | Path, out: str | Path) -> Path:
     save_file(weights, str(temporary), metadata=metadata)
     temporary.replace(out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2:
-        print(USAGE, file=sys.stderr)
-        return 2
-    try:
-        out = export(args[0], args[1])
-    except HasteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote EMA student weights to {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haste_core.cache import cache_dir
 from haste_core.errors import HasteError
+from haste_core.weights.cache import cache_dir
 
 log = logging.getLogger("haste")
 

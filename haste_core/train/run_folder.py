@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from haste_core import checkpoint
+from haste_core.config.recipe import Recipe
 from haste_core.errors import CheckpointError, RecipeError, RunFolderError
-from haste_core.recipe import Recipe
+from haste_core.weights import checkpoint
 
 RECIPE_FILE = "recipe.yaml"
 # Settings that may change when a run is continued: where its folder is, how long it runs, how often it logs and

@@ -1,36 +1,34 @@
-"""Turn ImageNet or MS-COCO into a prepared folder (layout: ``haste_core.prepared``), on one or many processes.
+"""Turn ImageNet or MS-COCO into a prepared folder (layout: ``haste_core.data.prepared``), on one or many processes
+(``haste prepare``).
 
-    [torchrun --standalone --nproc_per_node=8] python -m haste_core.prepare imagenet SRC DST --resolution 256 [--flip]
-    [torchrun ...] python -m haste_core.prepare coco SRC DST --resolution 256 [--split train2014]
-
-imagenet: SRC holds one folder per class (ILSVRC2012 ``train/``); class ids follow the sorted folder names.
-coco: SRC holds ``<split>/*.jpg`` and ``annotations/captions_<split>.json``; the first ``--captions`` captions of
-each image (sorted by annotation id) are embedded with open_clip's CLIP text tower, and so is the empty caption.
+imagenet: the source holds one folder per class (ILSVRC2012 ``train/``); class ids follow the sorted folder names.
+coco: the source holds ``<split>/*.jpg`` and ``annotations/captions_<split>.json``; the first ``captions`` captions
+of each image (sorted by annotation id) are embedded with open_clip's CLIP text tower, and so is the empty caption.
 
 Every image gets the ADM centre crop (halve with a box filter while the short side is at least twice the
-resolution, bicubic resize of the short side, centre crop; haste_spec.md §4.7) and the VAE posterior moments of
-the crop (and of its mirror image with ``--flip``). Items are cut into shards; shard s is made by rank
-s mod world size, written atomically with a small record of its checksums, so an interrupted run is resumed by
-running the same command again. Rank 0 shows a progress bar and writes the manifest when every shard is done.
+resolution, bicubic resize of the short side, centre crop) and the VAE posterior moments of the crop (and of its
+mirror image with ``flip``). Items are cut into shards; shard s is made by rank s mod world size, written
+atomically with a small record of its checksums, so an interrupted run is resumed by running the same command
+again. Rank 0 shows a progress bar and writes the manifest when every shard is done.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from haste_core import distributed
+from haste_core.data.prepared import FORMAT, MANIFEST, save_array, shard_file, write_manifest
+from haste_core.data.text_encoder import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_WEIGHTS
+from haste_core.data.vae import DEFAULT_VAE
 from haste_core.errors import HasteError
-from haste_core.prepared import FORMAT, MANIFEST, save_array, shard_file, write_manifest
 
 log = logging.getLogger("haste")
 
@@ -50,6 +48,33 @@ def adm_center_crop(image: Image.Image, resolution: int) -> np.ndarray:
     array = np.asarray(image)
     top, left = (array.shape[0] - resolution) // 2, (array.shape[1] - resolution) // 2
     return array[top : top + resolution, left : left + resolution]
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """What ``prepare`` makes and how (the flags of ``haste prepare``)."""
+
+    kind: Literal["imagenet", "coco"]
+    src: Path  # ILSVRC2012 train/ (imagenet) or the COCO root (coco)
+    dst: Path  # the prepared folder to write (resumable)
+    resolution: int = 256
+    vae: str = DEFAULT_VAE  # hub name or local folder of a diffusers AutoencoderKL
+    flip: bool = False  # also store latents of the mirrored crops
+    shard_size: int = DEFAULT_SHARD_SIZE
+    batch: int = 64  # images per VAE/text-encoder call
+    workers: int = 4  # image-decoding processes per rank
+    limit: int = 0  # only the first N items (a quick try); 0: all
+    split: str = "train2014"  # coco: the image folder and caption file to use
+    captions: int = DEFAULT_CAPTIONS  # coco: captions kept per image
+    text_model: str = DEFAULT_TEXT_MODEL  # coco: open_clip model name
+    text_weights: str = DEFAULT_TEXT_WEIGHTS  # coco: open_clip tag or weights file
+
+    def __post_init__(self) -> None:
+        if self.resolution % 8 or self.resolution < 8:
+            raise HasteError(f"the resolution must be a positive multiple of 8 (the VAE's downsampling), got "
+                             f"{self.resolution}")  # fmt: skip
+        if self.shard_size < 1 or self.batch < 1:
+            raise HasteError("the shard size and the batch must be at least 1")
 
 
 @dataclass
@@ -116,7 +141,7 @@ class CropReader(torch.utils.data.Dataset):
 
 
 def _encode(vae: Any, images: torch.Tensor, batch: int, device: torch.device) -> np.ndarray:
-    from haste_core.vae import encode_moments
+    from haste_core.data.vae import encode_moments
 
     parts = [encode_moments(vae, images[i : i + batch].to(device)).cpu() for i in range(0, len(images), batch)]
     return torch.cat(parts).numpy()
@@ -133,7 +158,7 @@ def _text_fields(encoder: Any, captions: list[list[str]]) -> dict[str, np.ndarra
     }
 
 
-def make_shard(shard: int, items: range, source: Source, args: argparse.Namespace, vae: Any, encoder: Any,
+def make_shard(shard: int, items: range, source: Source, args: PrepareSettings, vae: Any, encoder: Any,
                device: torch.device, progress: Any) -> dict[str, Any]:  # fmt: skip
     """Crop, encode and write one shard; returns its record (count and checksums)."""
     loader = torch.utils.data.DataLoader(
@@ -162,7 +187,7 @@ def make_shard(shard: int, items: range, source: Source, args: argparse.Namespac
     return record
 
 
-def _settings(args: argparse.Namespace, source: Source) -> dict[str, Any]:
+def _settings(args: PrepareSettings, source: Source) -> dict[str, Any]:
     settings = {"kind": args.kind, "resolution": args.resolution, "vae": args.vae, "flip": args.flip,
                 "shard_size": args.shard_size, "num_items": len(source.paths)}  # fmt: skip
     if args.kind == "coco":
@@ -181,11 +206,12 @@ def _check_resumable(dst: Path, settings: dict[str, Any]) -> None:
         raise HasteError(f"{dst} was prepared with other settings ({details}); use a new folder or the same settings")
 
 
-def prepare(args: argparse.Namespace, env: distributed.DistEnv, encoder: Any = None) -> dict[str, Any] | None:
-    """Prepare ``args.dst`` (rank 0 returns the manifest, other ranks None)."""
+def prepare(args: PrepareSettings, env: distributed.DistEnv, encoder: Any = None) -> dict[str, Any] | None:
+    """Prepare ``args.dst`` (rank 0 returns the manifest, other ranks None); ``encoder``: a caption encoder to use
+    instead of loading ``args.text_model`` (coco)."""
     from tqdm import tqdm
 
-    from haste_core.vae import load_vae
+    from haste_core.data.vae import load_vae
 
     source = list_imagenet(args.src) if args.kind == "imagenet" else list_coco(args.src, args.split, args.captions)
     if args.limit:
@@ -208,7 +234,7 @@ def prepare(args: argparse.Namespace, env: distributed.DistEnv, encoder: Any = N
         )
     vae = load_vae(args.vae, env.device) if todo else None
     if args.kind == "coco" and encoder is None and (todo or env.is_main):
-        from haste_core.text_encoder import OpenCLIPText
+        from haste_core.data.text_encoder import OpenCLIPText
 
         encoder = OpenCLIPText.load(args.text_model, args.text_weights, env.device)
     total = sum(len(shards[s]) for s in todo)
@@ -239,42 +265,3 @@ def prepare(args: argparse.Namespace, env: distributed.DistEnv, encoder: Any = N
 def _latent_shape(dst: Path) -> list[int]:
     moments = np.load(shard_file(dst, "latents", 0), mmap_mode="r")
     return [moments.shape[1] // 2, moments.shape[2], moments.shape[3]]
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from haste_core.text_encoder import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_WEIGHTS
-    from haste_core.vae import DEFAULT_VAE
-
-    parser = argparse.ArgumentParser(prog="python -m haste_core.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["imagenet", "coco"])
-    parser.add_argument("src", type=Path, help="ILSVRC2012 train/ (imagenet) or the COCO root (coco)")
-    parser.add_argument("dst", type=Path, help="the prepared folder to write (resumable)")
-    parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--vae", default=DEFAULT_VAE, help="hub name or local folder of a diffusers AutoencoderKL")
-    parser.add_argument("--flip", action="store_true", help="also store latents of the mirrored crops")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
-    parser.add_argument("--batch", type=int, default=64, help="images per VAE/text-encoder call")
-    parser.add_argument("--workers", type=int, default=4, help="image-decoding processes per rank")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--limit", type=int, default=0, help="only the first N items (a quick try)")
-    parser.add_argument("--split", default="train2014", help="coco: the image folder and caption file to use")
-    parser.add_argument("--captions", type=int, default=DEFAULT_CAPTIONS, help="coco: captions kept per image")
-    parser.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="coco: open_clip model name")
-    parser.add_argument("--text-weights", default=DEFAULT_TEXT_WEIGHTS, help="coco: open_clip tag or weights file")
-    args = parser.parse_args(argv)
-    if args.resolution % 8 or args.resolution < 8:
-        parser.error(f"--resolution must be a positive multiple of 8 (the VAE's downsampling), got {args.resolution}")
-    if args.shard_size < 1 or args.batch < 1:
-        parser.error("--shard-size and --batch must be at least 1")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if distributed.env_rank() == 0 else logging.WARNING,
-                        format="[haste] %(message)s")  # fmt: skip
-    return distributed.run_command(args.device, lambda env: prepare(args, env))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

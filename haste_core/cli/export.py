@@ -1,0 +1,25 @@
+"""``haste export RUN_OR_CHECKPOINT OUT.safetensors``: a run's EMA student weights, and nothing else."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from haste_core.cli.common import report
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("source", type=Path, help="a run folder, a haste checkpoint, or a REPA/HASTE/DiT checkpoint")
+    parser.add_argument("out", type=Path, help="the .safetensors file to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from haste_core.errors import HasteError
+    from haste_core.weights.export import export
+
+    try:
+        out = export(args.source, args.out)
+    except HasteError as exc:
+        return report(exc)
+    print(f"wrote EMA student weights to {out}")
+    return 0

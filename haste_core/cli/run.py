@@ -1,0 +1,81 @@
+"""``haste run RECIPE [key.path=value ...]`` trains; ``haste check RECIPE ...`` (or ``run --check``) only validates.
+
+Everything is validated (recipe, plugins, files, the run folder) before a process group exists or anything is
+written; a problem prints one paragraph and exits with status 2. Under torchrun either form works::
+
+    torchrun --standalone --nproc_per_node=8 --no-python haste run recipes/haste_sit_xl2_dinov2b_in256.yaml
+    torchrun --standalone --nproc_per_node=8 -m haste_core.run recipes/haste_sit_xl2_dinov2b_in256.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from haste_core.cli.common import add_recipe_arguments, report, setup_logging
+
+
+def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    add_recipe_arguments(parser)
+    if verb == "run":
+        parser.add_argument("--check", action="store_true", help="validate and print the resolved recipe, then stop")
+
+
+def run(args: argparse.Namespace) -> int:
+    from haste_core import distributed
+    from haste_core.config.recipe import load_recipe
+    from haste_core.errors import HasteError
+    from haste_core.train import run_folder
+
+    setup_logging()
+    check = args.verb == "check" or getattr(args, "check", False)
+    try:
+        recipe, plugins = load_recipe(args.recipe, args.overrides)
+        resume_from = run_folder.resume_source(recipe)
+    except HasteError as exc:
+        return report(exc)
+    missing = recipe.data_spec.unavailable
+    if check:
+        print(recipe.to_yaml(), end="")
+        print(f"# ok: {summary(recipe)}; {'resume from ' + str(resume_from) if resume_from else 'fresh start'}")
+        if missing:
+            print(f"# note: data: {missing}")
+        if recipe.eval.every:
+            from haste_core.eval.inception import fid_weights_note
+
+            if note := fid_weights_note(recipe.eval.inception):
+                print(f"# note: eval: {note}")
+        return 0
+    if missing:
+        return report(HasteError(f"data: {missing}"))
+
+    from haste_core.train.trainer import Trainer  # imported late: a check never pays for it
+
+    def train(env: distributed.DistEnv) -> None:
+        if env.is_main:
+            run_folder.write_recipe(recipe)
+        distributed.barrier()
+        Trainer(recipe, plugins, env, resume_from=resume_from).fit()
+
+    return distributed.run_command(recipe.run.device, train)
+
+
+def summary(recipe: Any) -> str:
+    """One line: the data, the student, the teachers and the run folder of a validated recipe."""
+    s, d = recipe.student_spec, recipe.data_spec
+    teachers = ", ".join(
+        f"{t.name} ({t.depth} blocks, {t.num_heads} heads, grid {t.grid})" for t in recipe.teacher_specs.values()
+    )
+    items = "not prepared yet" if d.unavailable else f"{d.num_items} items"
+    return (
+        f"data {recipe.data.name} x{list(d.x_shape)} ({items}); student {s.name} ({s.depth} blocks, "
+        f"{s.num_heads} heads, grid {s.grid}); teachers: {teachers or 'none'}; run folder {recipe.run_dir}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m haste_core.run``: the same as ``haste run``."""
+    from haste_core.cli import main as haste
+
+    return haste(["run", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,1 @@
+"""Recipes: YAML in, a frozen and fully validated ``Recipe`` out (``load_recipe``), before anything is built."""
