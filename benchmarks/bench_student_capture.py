@@ -19,6 +19,7 @@ import torch
 
 from haste_core.interfaces import Capture, DataSpec
 from haste_core.plugins import load_plugins
+from haste_core.testing import build_student
 
 STUDENT = "sit_b_2"
 LATENTS = DataSpec(x_shape=(4, 32, 32), image_shape=(3, 256, 256), num_classes=1000, num_items=1)  # 256 px
@@ -43,7 +44,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.manual_seed(0)
     entry = load_plugins().registry("students").get(STUDENT)
-    student = entry.build(entry.cls.Config(), data=LATENTS).train()
+    student = build_student(entry, entry.cls.Config(), LATENTS).train()
     x, t = torch.randn(args.batch, *LATENTS.x_shape), torch.rand(args.batch)
     y = torch.randint(0, LATENTS.num_classes, (args.batch,))
     ways = {"plain (fused attention)": None, "capture attn 4..7 + hidden 7": PAPER_CAPTURE}

@@ -26,6 +26,7 @@ import torch
 
 from haste_core.interfaces import DataSpec, StudentSpec
 from haste_core.plugins import load_plugins
+from haste_core.testing import build_teacher
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 IMAGE_SIDE = 256  # ImageNet 256 px images, resized by the teacher to 224 px
@@ -38,7 +39,7 @@ def build(name: str):
     entry = load_plugins().registry("teachers").get(name)
     data = DataSpec(x_shape=(4, 32, 32), image_shape=(3, IMAGE_SIDE, IMAGE_SIDE), num_classes=1000, num_items=1)
     student = StudentSpec(name="sit_xl_2", depth=28, hidden_size=1152, num_heads=16, grid=GRID)
-    return entry.build(entry.cls.Config(weights="none"), data=data, student=student).to(DEVICE)
+    return build_teacher(entry, entry.cls.Config(weights="none"), data, student).to(DEVICE)
 
 
 def set_fused(teacher, fused: bool) -> None:

@@ -9,6 +9,7 @@ Config`` holding its recipe settings and is constructed as ``cls(config, **fixed
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,9 +119,23 @@ class Fired:
     reason: str
 
 
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a termination policy knows of its run when it is bound: the step budget and the optimiser steps per
+    pass over the training set (one global batch per step)."""
+
+    max_steps: int
+    steps_per_epoch: int
+
+
+def _no_progress() -> tuple[int, list[str]]:
+    return 0, []
+
+
 @dataclass
 class RunContext:
-    """What lifecycle hooks see of a run. One object per process, updated as the run goes on."""
+    """What lifecycle hooks see of a run. One object per process; ``step`` and ``active_alignments`` read the
+    trainer's own state, so they are always current."""
 
     recipe: Any  # haste_core.config.recipe.Recipe
     run_dir: Path
@@ -129,13 +144,22 @@ class RunContext:
     device: torch.device
     plugins: list[dict[str, Any]]
     student: nn.Module | None = None  # the live student (not DDP-wrapped); read it, do not replace it
-    step: int = 0
-    active_alignments: list[str] = field(default_factory=list)
+    progress: Callable[[], tuple[int, list[str]]] = _no_progress  # (step, active alignment labels), read-through
     error: BaseException | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def step(self) -> int:
+        """The optimiser steps completed so far (0 before the first; a resumed run starts at its checkpoint's)."""
+        return self.progress()[0]
+
+    @property
+    def active_alignments(self) -> list[str]:
+        """Labels of the alignments still trained (empty in Phase II)."""
+        return self.progress()[1]
 
 
 # --- components -----------------------------------------------------------------------------------------------
@@ -151,6 +175,12 @@ class Component:
         """A small valid ``Config`` for contract tests (``haste_core.testing``), given the specs the component
         is built with (``student=``, ``teacher=``). Override it when ``Config`` has required fields."""
         return cls.Config()
+
+    @classmethod
+    def hub_files(cls, config: Any, **fixed: Any) -> list[Any]:
+        """The hub files (``haste_core.weights.hub.HubFile``) this config loads, for ``haste prefetch`` and
+        ``haste check``; none by default."""
+        return []
 
 
 class Dataset(Component, torch.utils.data.Dataset, ABC):
@@ -178,6 +208,12 @@ class Dataset(Component, torch.utils.data.Dataset, ABC):
     def to_images(self, x: Tensor) -> Tensor:
         """Turn a batch of what the student produces (B×C×H×W) into uint8 images for viewing."""
 
+    @classmethod
+    def scoring_config(cls, config: Any) -> Any:
+        """The config to build this data set with when its ``to_images`` output is scored (``haste sample``): a
+        set that can show latents as cheap previews returns one that decodes them. By default ``config``."""
+        return config
+
     def set_images_needed(self, needed: bool) -> None:
         """Told False when no teacher needs images any more (Phase II); a data set may then stop loading them."""
 
@@ -202,7 +238,8 @@ class Dataset(Component, torch.utils.data.Dataset, ABC):
 
 
 class Student(Component, nn.Module, ABC):
-    """A denoising transformer. Runtime arguments: ``data`` (a ``DataSpec``).
+    """A denoising transformer. Runtime arguments: ``data`` (a ``DataSpec``) and ``spec`` (the ``StudentSpec``
+    that ``describe`` gave for this config and data, computed once when the recipe was validated).
 
     ``forward(x_t, t, cond, capture)`` returns a ``StudentOutput``. Blocks not named in ``capture`` must use
     fused attention; a block whose attention is captured computes its logits once and uses them for its own
@@ -240,7 +277,8 @@ class Student(Component, nn.Module, ABC):
 
 class Teacher(Component, nn.Module, ABC):
     """A frozen vision encoder. Runtime arguments: ``data`` (``DataSpec``), ``student`` (``StudentSpec``),
-    ``resolve_weights`` (callable ``(kind, name) -> Path | None``, the ``haste_resolve_weights`` hook).
+    ``spec`` (its own ``TeacherSpec``, from ``describe`` at validation), ``resolve_weights`` (callable
+    ``(kind, name) -> Path | None``, the ``haste_resolve_weights`` hook).
 
     It owns its preprocessing (uint8 in, resized so its patch grid matches the student's), stays in eval mode
     without gradients, and runs only as many blocks as the deepest one requested. Block -1 means the final
@@ -274,7 +312,14 @@ class Alignment(Component, nn.Module, ABC):
     Runtime arguments: ``student`` (``StudentSpec``), ``teacher`` (``TeacherSpec``). ``forward`` returns the
     unweighted loss as an fp32 scalar and a dict of extra fp32 scalar metrics (logged as
     ``align/<label>/<key>``); the trainer multiplies the loss by the recipe's ``weight``.
+
+    Checkpoints of the published REPA/HASTE code keep an alignment's heads beside the student's weights, under a
+    prefix: ``published_prefix`` names it (REPA's projector: ``projectors.0.``; empty: this loss has no such
+    heads), and ``from_published``/``to_published`` translate the keys below it. ``run.init_from`` and checkpoint
+    import use them, and they tell which tensors of such a file are not the student's.
     """
+
+    published_prefix: ClassVar[str] = ""
 
     @classmethod
     @abstractmethod
@@ -293,6 +338,17 @@ class Alignment(Component, nn.Module, ABC):
     def forward(self, student: StudentOutput, teacher: TeacherOutput) -> tuple[Tensor, dict[str, Tensor]]:
         """The unweighted loss (fp32 scalar) and extra metrics."""
 
+    @classmethod
+    def from_published(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This alignment's ``state_dict`` from the tensors a published checkpoint keeps under
+        ``published_prefix`` (the prefix removed); the inverse of ``to_published``."""
+        return dict(tensors)
+
+    @classmethod
+    def to_published(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This alignment's ``state_dict`` as the published layout names it (keys without the prefix)."""
+        return dict(state)
+
     def histograms(self) -> dict[str, Tensor]:
         """Detached 1-D tensors from the last ``forward`` worth a histogram (logged as ``align/<label>/<name>``
         at logging steps through ``haste_histograms``); keep a reference, not a copy. None by default."""
@@ -303,21 +359,25 @@ class Termination(Component, ABC):
     """Decides when an alignment stops. No runtime arguments.
 
     ``update`` is called after every optimiser step with the 1-based step just completed and that step's
-    detached losses as device tensors (``loss/denoise``, ``align/<label>``...; reading one with ``.item()``
-    synchronises the device, so do it sparingly), plus ``data/epoch`` (completed epochs, a CPU float tensor).
-    It returns ``Fired`` once; it is not called again after. The values are this rank's own; a policy must
+    detached losses as device tensors (``loss/denoise``, ``loss/total``, ``align/<label>`` and the alignments'
+    extra metrics ``align/<label>/<key>``; reading one with ``.item()`` synchronises the device, so do it
+    sparingly). It returns ``Fired`` once; it is not called again after. The values are this rank's own; a policy must
     reach the same decision on every rank, so base it on the step or on values averaged with
     ``haste_core.distributed.all_reduce_mean``.
 
-    Three optional parts (defaults do nothing), read by ``haste_core.train.phase.PhasePlan`` and the trainer:
+    Optional parts (defaults do nothing), read by the recipe loader, ``haste_core.train.phase.PhasePlan`` and
+    the trainer:
 
-    - ``bind(labels)`` is called once, before training, with the labels of the alignments the policy governs
-      (every alignment for a run-wide or ``watch`` policy); they are in ``self.terms``.
+    - ``check(config, labels=...)`` (a class method) runs when the recipe is validated, with the labels the
+      policy will govern: refuse what cannot work there (a metric name no step produces) with a ``RecipeError``.
+    - ``bind(labels, context)`` is called once, before training, with the labels of the alignments the policy
+      governs (every alignment for a run-wide or ``watch`` policy) and a ``PolicyContext`` (the step budget,
+      the steps per epoch); they are in ``self.terms`` and ``self.context``.
     - ``probe_every`` > 0 asks for the gradient probe (``haste_core.train.probe``) every that many steps while the
       policy is undecided; on those steps ``metrics`` also holds ``grad/dot/<a>/<b>``, the dot products of
       the per-term gradients on the shared student parameters, averaged over ranks (terms: ``denoise`` and the
       active labels; alignment gradients include their weights), and ``grad/denoise_sq/<a>+<b>...`` (read
-      them with ``haste_core.train.probe.conflict_cosine``). No probe runs when no policy asks for one.
+      them with ``haste_core.ops.conflict_cosine``). No probe runs when no policy asks for one.
     - ``weight_scale(step)`` is a factor in [0, 1] on the recipe weight of the governed alignments for the
       1-based step about to be trained (``fade``). The trainer reads it before every step into the training
       module as a plain float (no rebuild). The scales of ``watch`` policies are ignored: they only observe.
@@ -328,10 +388,15 @@ class Termination(Component, ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
         self.terms: list[str] = []
+        self.context: PolicyContext | None = None
 
-    def bind(self, labels: list[str]) -> None:
-        """Learn which alignment labels this policy governs (or watches)."""
-        self.terms = list(labels)
+    @classmethod
+    def check(cls, config: Any, *, labels: list[str]) -> None:
+        """Raise ``RecipeError`` (path relative to this node) if ``config`` cannot work for these labels."""
+
+    def bind(self, labels: list[str], context: PolicyContext) -> None:
+        """Learn which alignment labels this policy governs (or watches), and the run's schedule."""
+        self.terms, self.context = list(labels), context
 
     def weight_scale(self, step: int) -> float:
         """The factor on the governed alignments' weights for ``step``; 1.0 unless the policy fades them."""
@@ -352,11 +417,21 @@ class Termination(Component, ABC):
 class Objective(Component, ABC):
     """Turns clean data into a training pair and defines the denoising loss. No runtime arguments.
 
-    Samplers use ``velocity`` (the probability-flow velocity implied by a prediction) and ``alpha_sigma``.
+    The built-in samplers (``euler``, ``heun``, ``sde``) use ``velocity`` (the probability-flow velocity implied
+    by a prediction), ``alpha_sigma`` and ``alpha_sigma_rates``. An objective may add samplers of its own
+    (``extra_samplers``: name -> ``fn(objective, student, noise, cond, config, generator=...) -> x0``, with
+    ``config`` the ``sampling`` section) and refuse sampling settings it cannot honour (``check_sampling``).
     """
+
+    extra_samplers: ClassVar[Mapping[str, Callable[..., Tensor]]] = {}
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @classmethod
+    def check_sampling(cls, config: Any, sampling: Any) -> None:
+        """Raise ``RecipeError`` (path relative to the ``sampling`` section) for settings of ``sampling`` that
+        this objective's samplers cannot honour; ``config`` is the objective's own."""
 
     @abstractmethod
     def training_pair(self, x0: Tensor) -> TrainingPair:
@@ -376,6 +451,16 @@ class Objective(Component, ABC):
     @abstractmethod
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """The interpolant's coefficients: x_t = alpha(t)·x0 + sigma(t)·noise."""
+
+    def alpha_sigma_rates(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(dα/dt, dσ/dt) at ``t`` (the SDE sampler's score needs them); by autograd through ``alpha_sigma``
+        unless an objective gives them in closed form."""
+        with torch.enable_grad():
+            leaf = t.detach().clone().requires_grad_(True)
+            alpha, sigma = self.alpha_sigma(leaf)
+            d_alpha = torch.autograd.grad(alpha.sum(), leaf, retain_graph=True)[0]
+            d_sigma = torch.autograd.grad(sigma.sum(), leaf)[0]
+        return d_alpha, d_sigma
 
 
 FAMILIES: dict[str, type] = {

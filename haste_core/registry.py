@@ -34,6 +34,10 @@ class Entry:
         """Construct the component from its validated ``Config`` and the runtime objects it needs."""
         return self.cls(config, **self.fixed, **runtime)
 
+    def describe(self, config: Any, **specs: Any) -> Any:
+        """The component's ``describe`` (students, teachers, data sets) for ``config``, with its fixed arguments."""
+        return self.cls.describe(config, **specs, **self.fixed)
+
 
 class Registry:
     """Components of one family, keyed by name. Duplicate names are errors naming both plugins."""

@@ -23,6 +23,7 @@ from haste_core.interfaces import (
     Dataset,
     DataSpec,
     Objective,
+    PolicyContext,
     Student,
     StudentOutput,
     StudentSpec,
@@ -42,8 +43,24 @@ def _entry(component: Entry | type) -> Entry:
     return component if isinstance(component, Entry) else Entry(name=component.__name__, cls=component, plugin="test")
 
 
-def _describe(entry: Entry, config: Any, **specs: Any) -> Any:
-    return entry.cls.describe(config, **specs, **entry.fixed)
+def build_student(component: Entry | type, config: Any, data: DataSpec) -> Student:
+    """A student built as the trainer builds it: ``describe`` first, its spec passed in."""
+    entry = _entry(component)
+    return entry.build(config, data=data, spec=entry.describe(config, data=data))
+
+
+def build_teacher(
+    component: Entry | type,
+    config: Any,
+    data: DataSpec,
+    student: StudentSpec,
+    resolve_weights: Any = None,
+) -> Teacher:
+    """A teacher built as the trainer builds it: ``describe`` first, its spec passed in."""
+    entry = _entry(component)
+    spec = entry.describe(config, data=data, student=student)
+    resolve = resolve_weights or (lambda kind, name: None)
+    return entry.build(config, data=data, student=student, spec=spec, resolve_weights=resolve)
 
 
 def example_cond(data: DataSpec, batch: int, generator: torch.Generator) -> Tensor | dict[str, Tensor]:
@@ -68,12 +85,12 @@ def check_student(component: Entry | type, *, data: DataSpec | None = None, batc
     entry = _entry(component)
     config = entry.cls.example_config()
     data = data or entry.cls.example_data()
-    spec: StudentSpec = _describe(entry, config, data=data)
+    spec: StudentSpec = entry.describe(config, data=data)
     with torch.device("meta"):
-        meta_model = entry.build(config, data=data)
+        meta_model = build_student(entry, config, data)
     params = sum(p.numel() for p in meta_model.parameters())
     on_meta = params > MAX_REAL_PARAMS
-    model = meta_model if on_meta else entry.build(config, data=data)
+    model = meta_model if on_meta else build_student(entry, config, data)
     assert isinstance(model, Student), f"{entry.name} builds a {type(model).__name__}, not a Student"
     for key in ("depth", "hidden_size", "num_heads", "grid"):
         assert getattr(model, key) == getattr(spec, key), (
@@ -156,12 +173,11 @@ def check_teacher(
         data = entry.cls.example_data()
     if student is None:
         student = StudentSpec(name="student", depth=4, hidden_size=64, num_heads=4, grid=4)
-    spec: TeacherSpec = _describe(entry, config, data=data, student=student)
-    no_plugin = lambda kind, name: None  # noqa: E731
+    spec: TeacherSpec = entry.describe(config, data=data, student=student)
     with torch.device("meta"):
-        meta_teacher = entry.build(config, data=data, student=student, resolve_weights=no_plugin)
+        meta_teacher = build_teacher(entry, config, data, student)
     on_meta = sum(p.numel() for p in meta_teacher.parameters()) > MAX_REAL_PARAMS
-    teacher = meta_teacher if on_meta else entry.build(config, data=data, student=student, resolve_weights=no_plugin)
+    teacher = meta_teacher if on_meta else build_teacher(entry, config, data, student)
     assert isinstance(teacher, Teacher), f"{entry.name} builds a {type(teacher).__name__}, not a Teacher"
     assert not teacher.training, f"{entry.name} must be in eval mode after construction"
     assert not any(p.requires_grad for p in teacher.parameters()), f"{entry.name} must be frozen (requires_grad False)"
@@ -247,12 +263,13 @@ def check_termination(component: Entry | type, *, steps: int = 50) -> Terminatio
         return {
             "loss/denoise": torch.tensor(1.0 / step),
             "loss/total": torch.tensor(2.0 / step),
-            "data/epoch": torch.tensor(step / 10),  # the trainer passes completed epochs too
+            "align/align": torch.tensor(3.0 / step),
         }
 
+    context = PolicyContext(max_steps=steps, steps_per_epoch=10)
     straight = entry.build(config)
     assert isinstance(straight, Termination), f"{entry.name} builds a {type(straight).__name__}, not a Termination"
-    straight.bind(["align"])
+    straight.bind(["align"], context)
     every = straight.probe_every
     assert isinstance(every, int) and every >= 0, f"{entry.name}: probe_every must be an int >= 0, got {every!r}"
     scales = [straight.weight_scale(step) for step in range(1, steps + 1)]
@@ -264,7 +281,7 @@ def check_termination(component: Entry | type, *, steps: int = 50) -> Terminatio
         if step == steps // 2:
             state = straight.state_dict()
             resumed = entry.build(config)
-            resumed.bind(["align"])
+            resumed.bind(["align"], context)
             resumed.load_state_dict(state)
         elif step > steps // 2:
             replayed.append(resumed.update(step, metrics(step)) is not None)
@@ -297,7 +314,7 @@ def check_dataset(component: Entry | type) -> Dataset:
     """Items match ``describe``: uint8 images, float x, class ids in range; ``to_images`` gives uint8."""
     entry = _entry(component)
     config = entry.cls.example_config()
-    spec: DataSpec = _describe(entry, config)
+    spec: DataSpec = entry.describe(config)
     dataset = entry.build(config, split="train")
     assert isinstance(dataset, Dataset), f"{entry.name} builds a {type(dataset).__name__}, not a Dataset"
     assert dataclasses.asdict(dataset.spec) == dataclasses.asdict(spec), (

@@ -67,10 +67,10 @@ def test_shape_mismatch_is_explained():
 
 
 def alignment(heads_student: int, **config) -> AttentionDistillation:
-    config = {"pairs": ((4, 8),), **config}
-    return AttentionDistillation(
-        AttentionDistillation.Config(**config), student=student_spec(heads_student), teacher=TEACHER
-    )
+    """Checked as the recipe loader checks it, then built."""
+    config = AttentionDistillation.Config(**{"pairs": ((4, 8),), **config})
+    AttentionDistillation.check(config, student=student_spec(heads_student), teacher=TEACHER)
+    return AttentionDistillation(config, student=student_spec(heads_student), teacher=TEACHER)
 
 
 @pytest.mark.parametrize("heads", ["first", "mean", "learned"])

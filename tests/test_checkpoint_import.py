@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from haste_core import distributed
 from haste_core.errors import CheckpointError, RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, TeacherSpec
-from haste_core.testing import _scramble
+from haste_core.testing import _scramble, build_student
 from haste_core.train import run_folder
 from haste_core.train.trainer import Trainer
-from haste_core.weights.import_checkpoint import _split_projector, import_checkpoint, load_weights, read_checkpoint
+from haste_core.weights.import_checkpoint import import_checkpoint, load_weights, read_checkpoint, split_heads
 
 from .conftest import run_module
 
@@ -35,7 +35,7 @@ def repa_backbone_keys(depth: int, learn_sigma: bool = False) -> set[str]:
 
 def build(plugins, name: str, seed: int):
     entry = plugins.registry("students").get(name)
-    student = entry.build(entry.cls.Config(), data=DIGITS)
+    student = build_student(entry, entry.cls.Config(), DIGITS)
     torch.manual_seed(seed)
     _scramble(student)
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_repa_checkpoint_loads_ema_and_projector_exactly(tmp_path, plugins):
         student=StudentSpec(name="sit_micro_2", depth=4, hidden_size=64, num_heads=4, grid=4),
         teacher=TeacherSpec(name="digits_vit", depth=4, embed_dim=64, num_heads=4, grid=4),
     )
-    read = import_checkpoint(tmp_path / "repa.pt", fresh, projector=alignment)
+    read = import_checkpoint(tmp_path / "repa.pt", fresh, alignments={"repa": alignment})
     assert read.layout == "repa"
     assert torch.equal(outputs(fresh), outputs(ema)) and not torch.equal(outputs(fresh), outputs(live))
     assert torch.equal(alignment.projector[4].weight, saved["ema"]["projectors.0.4.weight"])
@@ -139,7 +139,7 @@ def test_published_xl_and_b_checkpoints_fit_our_students_shape_for_shape(name, o
     imagenet = DataSpec(x_shape=(4, 32, 32), image_shape=(3, 256, 256), num_classes=1000, num_items=1)
     entry = plugins.registry("students").get(name)
     with torch.device("meta"):
-        student = entry.build(entry.cls.Config(), data=imagenet)
+        student = build_student(entry, entry.cls.Config(), imagenet)
         shapes = published_shapes(student.depth, student.hidden_size, 2, out_channels)
         state = {key: torch.empty(shape) for key, shape in shapes.items()}
         load_weights(student, state, source="published", target=name)  # shapes checked key by key, then loaded
@@ -151,8 +151,8 @@ def test_published_xl_and_b_checkpoints_fit_our_students_shape_for_shape(name, o
         projector = {"projectors.0.0": (2048, width), "projectors.0.2": (2048, 2048), "projectors.0.4": (768, 2048)}
         repa_state = {f"{k}.weight": torch.empty(v) for k, v in projector.items()}
         repa_state |= {f"{k}.bias": torch.empty(v[0]) for k, v in projector.items()}
-        _, ours = _split_projector(repa_state)
-        load_weights(alignment, ours, source="published", target="the repa projector")
+        _, heads = split_heads(repa_state, [repa.cls.published_prefix])
+        load_weights(alignment, repa.cls.from_published(heads["projectors.0."]), source="published", target="repa")
     count = sum(torch.Size(shape).numel() for shape in shapes.values())
     assert count / 1e6 == pytest.approx({"sit_xl_2": 675.1, "dit_xl_2": 675.1, "sit_b_2": 130.5}[name], rel=0.002)
 
@@ -176,7 +176,7 @@ def test_init_from_starts_student_ema_and_projector_from_a_repa_checkpoint(tmp_p
     trainer = Trainer(tiny(f"run.init_from={tmp_path / 'repa.pt'}", "run.max_steps=1"), plugins, CPU)
     assert torch.equal(outputs(trainer.student.eval()), outputs(live))
     assert torch.equal(outputs(trainer.ema.model), outputs(ema))
-    projector = trainer.alignments["repa"].projector
+    projector = trainer.stage.alignments["repa"].projector
     assert torch.equal(projector[0].bias, saved["model"]["projectors.0.0.bias"])
     with pytest.raises(RecipeError, match=r"run\.init_from: checkpoint 'nope\.pt' does not exist"):
         run_folder.resume_source(tiny("run.init_from=nope.pt"))
@@ -198,7 +198,7 @@ def test_a_resumed_run_no_longer_needs_its_init_from_file(tmp_path, tiny, plugin
     assert trainer.step == 1
 
 
-def test_haste_checkpoint_gives_the_projector_of_its_first_repa_alignment(tmp_path, plugins):
+def test_haste_checkpoint_gives_each_alignment_the_state_of_its_label(tmp_path, plugins):
     from haste_core.weights.checkpoint import FORMAT
 
     student = build(plugins, "sit_micro_2", 1)
@@ -215,8 +215,14 @@ def test_haste_checkpoint_gives_the_projector_of_its_first_repa_alignment(tmp_pa
     torch.save(raw, tmp_path / "run.pt")
     read = read_checkpoint(tmp_path / "run.pt")
     assert read.layout == "haste" and read.student_name == "sit_micro_2"
-    assert set(read.projector) == {f"projector.{k}" for k in first}
-    assert torch.equal(read.projector["projector.4.weight"], first["4.weight"])
+    repa = plugins.registry("alignments").get("repa")
+    alignment = repa.build(
+        repa.cls.Config(student_block=1, projector_dim=32),
+        student=StudentSpec(name="sit_micro_2", depth=4, hidden_size=64, num_heads=4, grid=4),
+        teacher=TeacherSpec(name="digits_vit", depth=4, embed_dim=64, num_heads=4, grid=4),
+    )
+    import_checkpoint(read, build(plugins, "sit_micro_2", 2), alignments={"repa_2": alignment})
+    assert torch.equal(alignment.projector[4].weight, second["4.weight"])
 
 
 def test_export_writes_ema_weights_only(tmp_path, tiny, plugins):

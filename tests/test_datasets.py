@@ -12,6 +12,7 @@ import torch
 from haste_data.coco import Coco, write_example_coco
 from haste_data.image_folder import ImageFolder
 from haste_data.latents import Latents
+from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from haste_core import run
@@ -206,8 +207,8 @@ def test_coco_missing_folder_spec_has_text_sizes(tmp_path):
 
 
 def test_vae_previews_fail_at_construction_when_the_vae_is_unreachable(folder, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))
     with pytest.raises(HasteError, match=r"data\.preview=channels"):
         Latents(Latents.Config(path=str(folder), resolution=RES, vae="someone/uncached-vae"))
     (tmp_path / "my_vae").mkdir()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from haste_objectives.ddpm import DDPM
+from haste_objectives.ddpm_sampler import ancestral_sample as ddpm_sample
 from torch import Tensor, nn
 
 from haste_core.errors import HasteError
-from haste_core.eval.samplers import ddpm_sample, euler_sample
+from haste_core.eval.samplers import euler_sample
 from haste_core.interfaces import StudentOutput, TrainingPair
 
 DATA_MEAN, DATA_STD = 0.7, 0.5  # the Gaussian "data set" of the closed-form tests
@@ -53,13 +54,6 @@ def test_euler_on_the_ddpm_velocity_recovers_gaussian_data():
     x = euler_sample(ExactEps(objective), objective, _noise(), cond, steps=200)
     assert abs(x.mean().item() - DATA_MEAN) < 0.02
     assert abs(x.std().item() - DATA_STD) < 0.02
-
-
-def test_ddpm_sampler_needs_a_discrete_schedule():
-    from haste_objectives.flow import Flow
-
-    with pytest.raises(HasteError, match="discrete schedule"):
-        ddpm_sample(ExactEps(DDPM(DDPM.Config())), Flow(Flow.Config()), _noise(4), torch.zeros(4), steps=10)
 
 
 def test_schedule_and_training_pairs_follow_the_linear_beta_schedule():
@@ -152,7 +146,7 @@ def test_ddpm_sampler_settings_are_checked_with_the_recipe(tiny):
     """Found when the recipe is loaded, not when the first grid is drawn after hours of training."""
     from haste_core.errors import RecipeError
 
-    with pytest.raises(RecipeError, match=r"sampling\.sampler: the ddpm sampler needs .*objective 'flow'"):
+    with pytest.raises(RecipeError, match=r"sampling\.sampler: unknown sampler 'ddpm'; the built-in samplers are"):
         tiny("sampling.sampler=ddpm")
     with pytest.raises(RecipeError, match=r"sampling\.guidance_high: the ddpm sampler guides every step"):
         tiny("objective.name=ddpm", "sampling.sampler=ddpm", "sampling.cfg_scale=1.5", "sampling.guidance_high=0.7")

@@ -11,6 +11,7 @@ from haste_teachers.digits_vit import DigitsViT, cache_path, heldout_accuracy
 
 from haste_core.errors import HasteError
 from haste_core.interfaces import StudentSpec
+from haste_core.testing import build_teacher
 from haste_core.weights.cache import cache_dir
 
 STUDENT_GRID_4 = StudentSpec(name="sit_micro_2", depth=4, hidden_size=64, num_heads=4, grid=4)
@@ -43,7 +44,7 @@ def test_items_scale_pixels_for_student_and_teacher():
 @pytest.fixture(scope="session")
 def trained_teacher():
     """The teacher as a quickstart run gets it: trained on first use (about 30 s), cached for the session."""
-    teacher = DigitsViT(DigitsViT.Config(), data=DigitsViT.example_data(), student=STUDENT_GRID_4)
+    teacher = build_teacher(DigitsViT, DigitsViT.Config(), DigitsViT.example_data(), STUDENT_GRID_4)
     return teacher
 
 
@@ -58,7 +59,7 @@ def test_trained_teacher_classifies_heldout_digits(trained_teacher):
 
 def test_cached_teacher_is_reused_not_retrained(trained_teacher, caplog):
     caplog.set_level("INFO", logger="haste")
-    again = DigitsViT(DigitsViT.Config(), data=DigitsViT.example_data(), student=STUDENT_GRID_4)
+    again = build_teacher(DigitsViT, DigitsViT.Config(), DigitsViT.example_data(), STUDENT_GRID_4)
     assert "training on" not in caplog.text
     assert all(
         torch.equal(a, b)
@@ -108,7 +109,7 @@ def test_returned_logits_are_the_attention_the_block_applied(trained_teacher):
 def test_teacher_is_frozen_and_follows_the_student_grid(trained_teacher):
     assert not trained_teacher.training and not any(p.requires_grad for p in trained_teacher.parameters())
     student_grid_8 = StudentSpec(name="sit_micro_1", depth=4, hidden_size=64, num_heads=4, grid=8)
-    wide = DigitsViT(DigitsViT.Config(), data=DigitsViT.example_data(), student=student_grid_8)
+    wide = build_teacher(DigitsViT, DigitsViT.Config(), DigitsViT.example_data(), student_grid_8)
     out = wide.encode(load_split("heldout")[0][:2], frozenset({-1}), frozenset({1}))
     assert out.tokens[-1].shape == (2, 64, 64) and out.attn_logits[1].shape == (2, 4, 64, 64)
     assert wide.net.pos_embed.shape == (1, 65, 64)  # positions resampled once, at build time
@@ -117,13 +118,13 @@ def test_teacher_is_frozen_and_follows_the_student_grid(trained_teacher):
 def test_weights_file_and_resolve_hook(trained_teacher, tmp_path):
     path = tmp_path / "teacher.pt"
     torch.save(trained_teacher.net.state_dict(), path)
-    from_file = DigitsViT(DigitsViT.Config(weights=str(path)), data=DigitsViT.example_data(), student=STUDENT_GRID_4)
+    from_file = build_teacher(DigitsViT, DigitsViT.Config(weights=str(path)), DigitsViT.example_data(), STUDENT_GRID_4)
     images = load_split("heldout")[0][:4]
     expected = trained_teacher.encode(images, frozenset({-1}), frozenset())
     assert torch.equal(from_file.encode(images, frozenset({-1}), frozenset()).tokens[-1], expected.tokens[-1])
     asked = []
-    via_hook = DigitsViT(
-        DigitsViT.Config(), data=DigitsViT.example_data(), student=STUDENT_GRID_4,
+    via_hook = build_teacher(
+        DigitsViT, DigitsViT.Config(), DigitsViT.example_data(), STUDENT_GRID_4,
         resolve_weights=lambda kind, name: asked.append((kind, name)) or path,
     )  # fmt: skip
     assert asked == [("teacher", "digits_vit")]
@@ -140,8 +141,8 @@ def test_teacher_cache_is_per_split(trained_teacher):
 def test_resolve_hook_pointing_nowhere_is_a_clear_error(tmp_path):
     missing = tmp_path / "mirror" / "digits_vit.pt"
     with pytest.raises(HasteError, match=re.escape(f"haste_resolve_weights offered {missing} for teacher digits_vit")):
-        DigitsViT(
-            DigitsViT.Config(), data=DigitsViT.example_data(), student=STUDENT_GRID_4,
+        build_teacher(
+            DigitsViT, DigitsViT.Config(), DigitsViT.example_data(), STUDENT_GRID_4,
             resolve_weights=lambda kind, name: missing,
         )  # fmt: skip
 
@@ -153,4 +154,4 @@ def test_mismatched_weights_file_names_the_key_and_shapes(trained_teacher, tmp_p
     torch.save(state, path)
     message = f"{path} does not fit digits_vit: 'head.weight' has shape (7, 64) in the file and (10, 64) in the model"
     with pytest.raises(HasteError, match=re.escape(message)):
-        DigitsViT(DigitsViT.Config(weights=str(path)), data=DigitsViT.example_data(), student=STUDENT_GRID_4)
+        build_teacher(DigitsViT, DigitsViT.Config(weights=str(path)), DigitsViT.example_data(), STUDENT_GRID_4)

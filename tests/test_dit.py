@@ -7,7 +7,7 @@ import torch
 from haste_students.dit import DiT
 
 from haste_core.interfaces import Capture, DataSpec
-from haste_core.testing import _scramble
+from haste_core.testing import _scramble, build_student
 
 IMAGENET_LATENTS = DataSpec(x_shape=(4, 32, 32), image_shape=(3, 256, 256), num_classes=1000, num_items=1_281_167)
 SMALL = DataSpec(x_shape=(3, 8, 8), image_shape=(3, 8, 8), num_classes=5, num_items=10)
@@ -15,7 +15,7 @@ SMALL = DataSpec(x_shape=(3, 8, 8), image_shape=(3, 8, 8), num_classes=5, num_it
 
 def build(plugins, name: str, data: DataSpec = SMALL, **config):
     entry = plugins.registry("students").get(name)
-    return entry.build(entry.cls.Config(**config), data=data)
+    return build_student(entry, entry.cls.Config(**config), data)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from haste_core.errors import HasteError
@@ -167,7 +168,7 @@ def test_fid_weights_fail_fast_offline_and_reject_other_files(tmp_path, monkeypa
     from haste_core.eval.inception import FID_WEIGHTS_URL, find_fid_weights
 
     monkeypatch.setenv("HASTE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(HasteError, match="offline") as error:
         find_fid_weights()
@@ -179,7 +180,7 @@ def test_fid_weights_fail_fast_offline_and_reject_other_files(tmp_path, monkeypa
     with pytest.raises(HasteError, match="do not exist"):
         find_fid_weights(tmp_path / "missing.pth")
     # online but without network: the download's failure is a clear error too, not a traceback
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
 
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")

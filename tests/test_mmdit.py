@@ -22,9 +22,13 @@ TEXT = DataSpec(x_shape=(4, 8, 8), image_shape=(3, 8, 8), num_classes=0, num_ite
 T2I_RECIPE = Path(__file__).parent / "data" / "tiny_t2i.yaml"
 
 
+def mmdit(config: MMDiT.Config, arch: MMDiTArch, data: DataSpec) -> MMDiT:
+    return MMDiT(config, arch=arch, data=data, spec=MMDiT.describe(config, data=data, arch=arch))
+
+
 def tiny_mmdit(depth: int = 2, **settings) -> MMDiT:
     torch.manual_seed(0)
-    model = MMDiT(MMDiT.Config(**settings), arch=MMDiTArch(depth=depth), data=TEXT)
+    model = mmdit(MMDiT.Config(**settings), MMDiTArch(depth=depth), TEXT)
     _scramble(model, std=0.1)
     return model.eval()
 
@@ -39,7 +43,7 @@ def test_sizes_follow_the_reference_rule_and_d24_has_its_parameter_count():
     d24 = DataSpec(x_shape=(4, 32, 32), image_shape=(3, 256, 256), num_classes=0, num_items=1, text_len=77,
                    text_dim=768)  # fmt: skip
     with torch.device("meta"):
-        model = MMDiT(MMDiT.Config(), arch=MMDiTArch(depth=24), data=d24)
+        model = mmdit(MMDiT.Config(), MMDiTArch(depth=24), d24)
     assert (model.hidden_size, model.num_heads, model.grid) == (768, 24, 16)
     count = sum(p.numel() for p in model.parameters()) + model.pos_embed.numel()
     assert abs(count - 505.3e6) / 505.3e6 < 0.005  # haste_spec.md §1.8: ≈505 M without the projector
@@ -137,7 +141,7 @@ def test_tiny_mmdit_trains_on_captions_with_both_alignments_and_samples(tmp_path
     recipe, plugins = load_recipe(T2I_RECIPE, [f"run.output_dir={tmp_path}"])
     env = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     trainer = Trainer(recipe, plugins, env)
-    assert set(trainer.alignments) == {"repa", "attention"}
+    assert set(trainer.stage.alignments) == {"repa", "attention"}
     assert trainer.module.capture == Capture(hidden=frozenset({1}), attn=frozenset({1, 2}))
     logged = []
     monkeypatch.setattr(trainer.plugins, "step_end", lambda run, step, metrics: logged.append(metrics))
@@ -147,5 +151,5 @@ def test_tiny_mmdit_trains_on_captions_with_both_alignments_and_samples(tmp_path
         assert {"align/repa", "align/attention"} <= set(metrics)
         assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith(("loss/", "align/")))
     assert "align/repa" not in logged[-1] and logged[-1]["align/active"] == 0.0
-    assert not trainer.alignments and not trainer.teachers  # terminated at step 4
+    assert not trainer.stage.alignments and not trainer.stage.teachers  # terminated at step 4
     assert (recipe.run_dir / "samples" / "step_00000006.png").is_file()  # the last step drew a grid

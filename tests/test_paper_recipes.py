@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 import yaml
+from huggingface_hub import constants as hf_constants
 
 from haste_core import run
 from haste_core.cli import main as haste_cli
@@ -75,7 +76,7 @@ def test_the_haste_paper_recipe_is_the_paper_setting():
 
 
 def test_prefetch_check_reports_missing_and_cached_weights(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     haste = str(REPO / "recipes" / "haste_sit_xl2_dinov2b_in256.yaml")
     assert haste_cli(["prefetch", haste, "--check"]) == 1
     out = capsys.readouterr().out

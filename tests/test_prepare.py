@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from haste_core.cli import main as haste
@@ -111,7 +112,7 @@ def test_corrupt_image_is_named(image_folder, tiny_vae, tmp_path, capsys):
 
 
 def test_missing_vae_fails_fast_offline(image_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert _prepare(image_folder, tmp_path / "prepared", "someone/not-cached-vae") == 2
     assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def test_readme_plugin_example_runs_in_a_recipe(tmp_path):
     trainer.fit()
     stopped_at = trainer.plan.stopped["repa"]
     assert 1 <= stopped_at < recipe.run.max_steps
-    assert trainer.teachers == {}
+    assert trainer.stage.teachers == {}
 
 
 @pytest.mark.parametrize("target", ["demo", "test", "bench"])

@@ -6,7 +6,8 @@ import torch
 from haste_objectives.flow import Flow
 from PIL import Image
 
-from haste_core.eval.samplers import euler_sample, grid_columns, make_grid, save_png
+from haste_core.eval.grid import grid_columns, make_grid, save_png
+from haste_core.eval.samplers import euler_sample
 from haste_core.interfaces import StudentOutput
 
 MEAN, STD = 2.0, 0.5

@@ -8,13 +8,14 @@ from haste_students.blocks import sincos_pos_embed, unpatchify
 from haste_students.sit import SiT, SiTArch
 
 from haste_core.interfaces import Capture, DataSpec
+from haste_core.testing import build_student
 
 IMAGENET_LATENTS = DataSpec(x_shape=(4, 32, 32), image_shape=(3, 256, 256), num_classes=1000, num_items=1_281_167)
 
 
 def build(name: str, plugins, data: DataSpec = IMAGENET_LATENTS, **config):
     entry = plugins.registry("students").get(name)
-    return entry.build(SiT.Config(**config), data=data)
+    return build_student(entry, SiT.Config(**config), data)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
 from haste_core.errors import HasteError, RecipeError
@@ -125,8 +126,8 @@ def test_bad_files_fail_with_what_is_wrong(plugins, tmp_path):
     ],
 )
 def test_offline_hub_fails_at_once_saying_how_to_supply_it(plugins, tmp_path, monkeypatch, name, hub_id, filename):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     started = time.perf_counter()
     with pytest.raises(HasteError) as caught:
         build(plugins, name, weights="hub")
@@ -139,9 +140,9 @@ def test_offline_hub_fails_at_once_saying_how_to_supply_it(plugins, tmp_path, mo
 
 
 def test_unreachable_hub_fails_at_once(plugins, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     without_proxies(monkeypatch)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
     started = time.perf_counter()
     with pytest.raises(HasteError, match=r"http://127.0.0.1:9 cannot be reached .*'timm/vit_small_patch14_dinov2"):
@@ -161,8 +162,8 @@ def fill_hub_cache(root, repo_id: str, filename: str, state: dict) -> None:
 def test_hub_weights_come_from_the_cache_offline_and_plugins_come_first(plugins, tmp_path, monkeypatch):
     torch.manual_seed(5)
     cached, offered = build(plugins, "dinov2_vits14"), build(plugins, "dinov2_vits14")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     fill_hub_cache(tmp_path / "hub", "timm/vit_small_patch14_dinov2.lvd142m", "model.safetensors",
                    cached.backbone.state_dict())  # fmt: skip
     assert same_outputs(build(plugins, "dinov2_vits14", weights="hub"), cached)
@@ -183,8 +184,8 @@ def test_a_hanging_name_lookup_still_fails_at_once(plugins, tmp_path, monkeypatc
     """No reachable DNS server: the lookup ignores socket timeouts, so the probe itself must be bounded."""
     from haste_core.weights import hub as weights
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
     without_proxies(monkeypatch)
 
@@ -200,8 +201,8 @@ def test_a_hanging_name_lookup_still_fails_at_once(plugins, tmp_path, monkeypatc
 
 
 def test_the_probe_goes_through_the_proxy_when_one_is_set(plugins, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
     without_proxies(monkeypatch)
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # the discard port: nothing listens

@@ -11,6 +11,7 @@ from haste_alignment.repa import REPA
 
 from haste_core.errors import RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec
+from haste_core.testing import build_teacher
 
 PUBLISHED_PARAMS = {  # millions, as the papers and model cards give them; tolerance as a fraction
     "dinov2_vits14": (21, 0.05), "dinov2_vitb14": (86, 0.01), "dinov2_vitl14": (300, 0.02),
@@ -34,7 +35,7 @@ def student(grid: int) -> StudentSpec:
 def build(plugins, name: str, *, grid: int = 4, data: DataSpec = DATA_32, resolve=None, **settings):
     entry = plugins.registry("teachers").get(name)
     config = entry.cls.Config(**{"weights": "none", **settings})
-    return entry.build(config, data=data, student=student(grid), resolve_weights=resolve)
+    return build_teacher(entry, config, data, student(grid), resolve_weights=resolve)
 
 
 def images(batch: int = 2, side: int = 32) -> torch.Tensor:
@@ -240,7 +241,7 @@ def test_each_teacher_encodes_once_per_step_for_all_alignments_that_use_it(tmp_p
     run_folder.write_recipe(recipe)
     cpu = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     trainer = Trainer(recipe, plugins, cpu, resume_from=None)
-    features, maps = id(trainer.teachers["features"]), id(trainer.teachers["maps"])
+    features, maps = id(trainer.stage.teachers["features"]), id(trainer.stage.teachers["maps"])
     trainer.train_step()
     trainer.train_step()
     assert calls == [(features, frozenset({-1, 1}), frozenset()), (maps, frozenset(), frozenset({2, 3}))] * 2

@@ -13,8 +13,10 @@ from haste_termination.fixed_epoch import FixedEpoch
 from haste_termination.gradient_conflict import GradientConflict
 from haste_termination.plateau import Plateau
 
+from haste_core import ops
 from haste_core.config.recipe import validate
 from haste_core.errors import HasteError, RecipeError
+from haste_core.interfaces import PolicyContext
 from haste_core.train import probe
 from haste_core.train.phase import PhasePlan
 
@@ -28,21 +30,21 @@ def first_firing(policy, metrics_at, steps: int = 200) -> int | None:
     return None
 
 
+def bound(policy, labels=("attention",), *, max_steps: int = 200, steps_per_epoch: int = 10):
+    policy.bind(list(labels), PolicyContext(max_steps=max_steps, steps_per_epoch=steps_per_epoch))
+    return policy
+
+
 def test_fixed_epoch_fires_when_the_epoch_completes():
-    policy = FixedEpoch(FixedEpoch.Config(epochs=2))
-    assert first_firing(policy, lambda s: {"data/epoch": torch.tensor(s / 7)}) == 14
-    half = FixedEpoch(FixedEpoch.Config(epochs=0.5))
-    assert first_firing(half, lambda s: {"data/epoch": torch.tensor(s / 7)}) == 4  # 4/7 ≥ 0.5 > 3/7
-    with pytest.raises(HasteError, match=re.escape("fixed_epoch needs 'data/epoch'")):
-        policy.update(1, {})
-    # 7/10 in float32 is 0.69999999, below the float64 0.7: the policy must still fire at step 7
-    tenths = FixedEpoch(FixedEpoch.Config(epochs=0.7))
-    assert first_firing(tenths, lambda s: {"data/epoch": torch.tensor(s / 10)}) == 7
-    exact = FixedEpoch(FixedEpoch.Config(epochs=0.7))
-    assert first_firing(exact, lambda s: {"data/epoch": torch.tensor(s / 10, dtype=torch.float64)}) == 7
-    late = FixedEpoch(FixedEpoch.Config(epochs=500))  # 500 epochs of 10,007 batches, in float32: not one early
-    assert late.update(1, {"data/epoch": torch.tensor(500 - 1 / 10_007)}) is None
-    assert late.update(2, {"data/epoch": torch.tensor(500.0)}) is not None
+    policy = bound(FixedEpoch(FixedEpoch.Config(epochs=2)), steps_per_epoch=7)
+    assert first_firing(policy, lambda s: {}) == 14
+    half = bound(FixedEpoch(FixedEpoch.Config(epochs=0.5)), steps_per_epoch=7)
+    assert first_firing(half, lambda s: {}) == 4  # 4/7 ≥ 0.5 > 3/7
+    tenths = bound(FixedEpoch(FixedEpoch.Config(epochs=0.7)), steps_per_epoch=10)  # 0.7·10 = 7.000000000000001
+    assert first_firing(tenths, lambda s: {}) == 7
+    late = bound(FixedEpoch(FixedEpoch.Config(epochs=500)), steps_per_epoch=10_007)  # not one step early or late
+    assert late.update(500 * 10_007 - 1, {}) is None
+    assert late.update(500 * 10_007, {}) is not None
 
 
 def falling_then_flat(step: int) -> float:
@@ -51,14 +53,14 @@ def falling_then_flat(step: int) -> float:
 
 def test_plateau_fires_at_the_first_check_without_improvement():
     policy = Plateau(Plateau.Config(window=10, tolerance=0.01, decay=0.0))
-    policy.bind(["attention"])
+    bound(policy, ["attention"])
     fired = first_firing(policy, lambda s: {"align/attention": torch.tensor(falling_then_flat(s))})
     assert fired == 50  # checks at 10, 20, 30, 40 see gains of 11-14 %; the check at 50 sees none
 
 
 def test_plateau_waits_for_every_governed_term():
     policy = Plateau(Plateau.Config(window=10, tolerance=0.01, decay=0.0))
-    policy.bind(["repa", "attention"])
+    bound(policy, ["repa", "attention"])
 
     def metrics(step: int) -> dict[str, torch.Tensor]:
         late = 1.0 - 0.01 * min(step, 70)  # repa keeps improving until step 70
@@ -70,8 +72,8 @@ def test_plateau_waits_for_every_governed_term():
 def test_plateau_smoothing_and_state_continue_the_same_decision():
     config = Plateau.Config(window=10, tolerance=0.01, decay=0.9)
     straight, resumed = Plateau(config), Plateau(config)
-    straight.bind(["attention"])
-    resumed.bind(["attention"])
+    bound(straight, ["attention"])
+    bound(resumed, ["attention"])
     noise = torch.Generator().manual_seed(0)
     signal = {s: falling_then_flat(s) + 0.02 * torch.rand((), generator=noise).item() for s in range(1, 201)}
     decisions = []
@@ -98,15 +100,15 @@ def test_plateau_names_a_missing_metric():
 def probe_metrics(cosine: float, norm_denoise: float = 2.0, norm_align: float = 1.0) -> dict[str, torch.Tensor]:
     dot = cosine * norm_denoise * norm_align
     return {
-        probe.dot_key("denoise", "denoise"): torch.tensor(norm_denoise**2),
-        probe.dot_key("denoise", "attention"): torch.tensor(dot),
-        probe.dot_key("attention", "attention"): torch.tensor(norm_align**2),
+        ops.dot_key("denoise", "denoise"): torch.tensor(norm_denoise**2),
+        ops.dot_key("denoise", "attention"): torch.tensor(dot),
+        ops.dot_key("attention", "attention"): torch.tensor(norm_align**2),
     }
 
 
 def test_gradient_conflict_needs_patience_consecutive_conflicts():
     policy = GradientConflict(GradientConflict.Config(every=5, threshold=0.0, patience=3))
-    policy.bind(["attention"])
+    bound(policy, ["attention"])
     assert policy.probe_every == 5
     cosines = {5: 0.3, 10: -0.2, 15: -0.1, 20: 0.05, 25: -0.3, 30: -0.2, 35: -0.4, 40: -0.5}
 
@@ -115,7 +117,7 @@ def test_gradient_conflict_needs_patience_consecutive_conflicts():
 
     assert first_firing(policy, metrics) == 35  # 10 and 15 conflict, 20 resets the count, 25-30-35 fire
     other = GradientConflict(GradientConflict.Config(every=5, threshold=0.0, patience=1))
-    other.bind(["attention"])
+    bound(other, ["attention"])
     assert other.update(3, probe_metrics(-0.9)) is None and other.cosines == []  # probed for another policy
     assert other.update(5, probe_metrics(-0.9)) is not None
     assert policy.cosines[:2] == [(5, pytest.approx(0.3)), (10, pytest.approx(-0.2))]
@@ -126,13 +128,13 @@ def test_conflict_cosine_and_health_from_a_gram_matrix():
     grads = {"denoise": g_denoise, "repa": g_repa, "attention": g_attention}
     names = list(grads)
     metrics = {
-        probe.dot_key(a, b): grads[a] @ grads[b] for i, a in enumerate(names) for j, b in enumerate(names) if j >= i
+        ops.dot_key(a, b): grads[a] @ grads[b] for i, a in enumerate(names) for j, b in enumerate(names) if j >= i
     }
     summed = g_repa + g_attention
     expected = (g_denoise @ summed / (g_denoise.norm() * summed.norm())).item()
-    assert probe.conflict_cosine(metrics, ["repa", "attention"]) == pytest.approx(expected)
-    assert probe.conflict_cosine(metrics, ["attention"]) == pytest.approx(-1 / math.sqrt(2))
-    assert probe.conflict_cosine({}, ["attention"]) is None
+    assert ops.conflict_cosine(metrics, ["repa", "attention"]) == pytest.approx(expected)
+    assert ops.conflict_cosine(metrics, ["attention"]) == pytest.approx(-1 / math.sqrt(2))
+    assert ops.conflict_cosine({}, ["attention"]) is None
     health = probe.health(metrics)
     norms = [1.0, 2.0, math.sqrt(2)]
     assert health["grad/share/repa"] == pytest.approx(norms[1] / sum(norms))
@@ -243,12 +245,12 @@ def test_probe_cosines_use_only_the_parameters_each_term_shares_with_denoising()
     module = TwoBranchStep()
     metrics = probe.measure(module, (), {"x": 1.0, "y": 2.0}, torch.device("cpu"))
     # x's gradient is (1, 0) on a: cos with denoise's (2, 4) on a alone, not with all of (2, 4, 6, -2)
-    assert probe.conflict_cosine(metrics, ["x"]) == pytest.approx(2 / math.sqrt(20))
+    assert ops.conflict_cosine(metrics, ["x"]) == pytest.approx(2 / math.sqrt(20))
     # y's (weighted) gradient is (-2, -2) on b: cos with (6, -2) on b
-    assert probe.conflict_cosine(metrics, ["y"]) == pytest.approx(-8 / (math.sqrt(8) * math.sqrt(40)))
+    assert ops.conflict_cosine(metrics, ["y"]) == pytest.approx(-8 / (math.sqrt(8) * math.sqrt(40)))
     # both together reach a and b: the sum (1, 0, -2, -2) against the whole denoising gradient
     both = torch.tensor([1.0, 0.0, -2.0, -2.0]) @ torch.tensor([2.0, 4.0, 6.0, -2.0]) / (3.0 * math.sqrt(60))
-    assert probe.conflict_cosine(metrics, ["x", "y"]) == pytest.approx(both.item())
+    assert ops.conflict_cosine(metrics, ["x", "y"]) == pytest.approx(both.item())
     health = probe.health(metrics)
     assert health["grad/cos/x"] == pytest.approx(2 / math.sqrt(20))
     norms = [math.sqrt(60), 1.0, math.sqrt(8)]

@@ -141,7 +141,7 @@ def test_resume_with_adaptive_policies_gives_identical_training(tiny, plugins, t
     resumed = trainer_for(tiny(*settings, f"run.output_dir={tmp_path / 'b'}"), plugins)
     assert resumed.step == 4
     if case == "staggered-between-stops":  # resumed between the stops: the teacher is built, attention is not
-        assert "teacher" in resumed.teachers and list(resumed.alignments) == ["repa"]
+        assert "teacher" in resumed.stage.teachers and list(resumed.stage.alignments) == ["repa"]
     resumed.fit()
     assert_same_training_state(straight, resumed)
     assert straight.plan.stopped == resumed.plan.stopped == EXPECTED_STOPS[case]
@@ -154,7 +154,7 @@ def test_learned_head_mixing_belongs_to_the_alignment(tiny, plugins):
     trainer = trainer_for(
         tiny("alignment.1.heads=learned", "alignment.1.termination={name: fixed_step, step: 2}"), plugins
     )
-    mixing = list(trainer.alignments["attention"].mixing)
+    mixing = list(trainer.stage.alignments["attention"].mixing)
     groups = {group["name"]: group["params"] for group in trainer.optimizer.param_groups}
     assert [tuple(p.shape) for p in groups["align:attention"]] == [(4, 4), (4, 4)]  # one per pair: digits_vit 4 heads
     assert all(p is q for p, q in zip(groups["align:attention"], mixing, strict=True))
@@ -174,12 +174,12 @@ def test_staggered_stops_release_the_teacher_after_the_last(tiny, plugins):
     trainer = trainer_for(tiny(*STAGGERED), plugins)
     for _ in range(2):
         trainer.train_step()
-    assert trainer.plan.active == ["repa"] and "teacher" in trainer.teachers  # repa still needs it
+    assert trainer.plan.active == ["repa"] and "teacher" in trainer.stage.teachers  # repa still needs it
     assert trainer.module.capture.attn == frozenset()  # attention maps are no longer captured
-    assert "attention" not in trainer.alignments
+    assert "attention" not in trainer.stage.alignments
     for _ in range(4):
         trainer.train_step()
-    assert trainer.plan.stopped == {"attention": 2, "repa": 6} and trainer.teachers == {}
+    assert trainer.plan.stopped == {"attention": 2, "repa": 6} and trainer.stage.teachers == {}
     assert trainer.module.capture is None
 
 

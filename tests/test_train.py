@@ -59,16 +59,16 @@ def test_run_folder_holds_recipe_checkpoints_events_and_samples(tiny, plugins):
 
 def test_phase_change_releases_teacher_capture_and_heads(tiny, plugins):
     trainer = trainer_for(tiny(), plugins)
-    teacher = weakref.ref(trainer.teachers["teacher"])
-    projector = weakref.ref(trainer.alignments["repa"].projector)
+    teacher = weakref.ref(trainer.stage.teachers["teacher"])
+    projector = weakref.ref(trainer.stage.alignments["repa"].projector)
     for _ in range(3):
         trainer.train_step()
     assert trainer.module.capture is not None and teacher() is not None
     assert "image" in next(trainer.stream)
     trainer.train_step()  # step 4: the last aligned step; fixed_step fires after it
     gc.collect()
-    assert trainer.teachers == {} and teacher() is None
-    assert trainer.alignments == {} and projector() is None
+    assert trainer.stage.teachers == {} and teacher() is None
+    assert trainer.stage.alignments == {} and projector() is None
     assert trainer.module.capture is None and len(trainer.module.alignments) == 0
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["student"]
     assert "image" not in next(trainer.stream)  # the data set stopped handing out images
@@ -101,7 +101,7 @@ def test_resume_gives_identical_training(tiny, plugins, tmp_path, monkeypatch, t
     if termination_step <= 4:  # resumed at or after termination: the teacher must never be built
         monkeypatch.setattr(DigitsViT, "__init__", lambda *a, **k: pytest.fail("teacher built after termination"))
     resumed = trainer_for(tiny(*settings, f"run.output_dir={tmp_path / 'b'}"), plugins)
-    assert resumed.step == 4 and bool(resumed.teachers) == (termination_step > 4)
+    assert resumed.step == 4 and bool(resumed.stage.teachers) == (termination_step > 4)
     resumed.fit()
 
     assert_same_training_state(straight, resumed)
@@ -155,7 +155,7 @@ class TerminationSpy:
 def test_termination_hook_sees_the_phase_change_done(tiny, plugins):
     recipe = tiny("alignment.1.termination={name: fixed_step, step: 2}", "termination.step=5")
     trainer = trainer_for(recipe, plugins)
-    spy = TerminationSpy(weakref.ref(trainer.teachers["teacher"]))
+    spy = TerminationSpy(weakref.ref(trainer.stage.teachers["teacher"]))
     plugins.pm.register(spy, "termination_spy")
     try:
         trainer.fit()

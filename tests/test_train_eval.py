@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from haste_data.digits import load_split
+from huggingface_hub import constants as hf_constants
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from haste_core import distributed, run
@@ -86,7 +87,7 @@ def test_in_training_fid_without_inception_weights_fails_before_training(
 ):
     from haste_core.errors import HasteError
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HASTE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     recipe = tiny("eval.every=2", f"eval.reference={reference}")

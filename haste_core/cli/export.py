@@ -15,10 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from haste_core.errors import HasteError
+    from haste_core.plugins import load_plugins
     from haste_core.weights.export import export
+    from haste_core.weights.import_checkpoint import head_prefixes
 
     try:
-        out = export(args.source, args.out)
+        prefixes = head_prefixes(load_plugins().registry("alignments"))  # installed plugins only
+        out = export(args.source, args.out, prefixes)
     except HasteError as exc:
         return report(exc)
     print(f"wrote EMA student weights to {out}")

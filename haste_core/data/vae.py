@@ -7,7 +7,6 @@ a local folder (one that ``AutoencoderKL.save_pretrained`` wrote) or from the Hu
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,10 @@ import torch
 from torch import Tensor
 
 from haste_core.errors import HasteError
+from haste_core.weights.cache import hub_offline
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"  # REPA/HASTE training VAE (haste_spec.md §4.7)
 SD_VAE_SCALE = 0.18215  # SD-VAE latent scale (haste_spec.md §4.7)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
 def load_vae(name_or_path: str = DEFAULT_VAE, device: torch.device | str = "cpu") -> Any:
@@ -41,7 +37,7 @@ def load_vae(name_or_path: str = DEFAULT_VAE, device: torch.device | str = "cpu"
         try:
             vae = AutoencoderKL.from_pretrained(name_or_path, local_files_only=True)
         except OSError:
-            if _offline():
+            if hub_offline():
                 raise HasteError(
                     f"VAE {name_or_path!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
                     f"downloading it. On a machine with network run `huggingface-cli download {name_or_path}` "
@@ -61,7 +57,7 @@ def check_vae_reachable(name_or_path: str) -> None:
             "(or set data.preview=channels)"
         ) from None
     local = Path(name_or_path).expanduser()
-    if local.is_dir() or not _offline():
+    if local.is_dir() or not hub_offline():
         return
     from huggingface_hub import try_to_load_from_cache
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from haste_core import distributed
+from haste_core.config.coerce import to_plain
 from haste_core.config.sections import SamplingConfig
 from haste_core.distributed import to_device
 from haste_core.errors import HasteError
@@ -78,17 +79,17 @@ def load_student(path: Path, device: torch.device, use_ema: bool = True) -> tupl
 
     state = checkpoint.load(path)
     raw = state["recipe"]
-    data = raw.get("data") or {}
-    if data.get("preview") == "channels":  # latents/coco: channel previews are no images to score; decode them
-        log.info("the checkpoint's recipe previews latents as channels (data.preview=channels); decoding with the VAE")
-        raw = {**raw, "data": {**data, "preview": "vae"}}
     plugins = load_plugins(raw.get("plugins") or [])
     recipe = validate(raw, plugins, source=str(path))
     if recipe.data_spec.unavailable:
         raise HasteError(f"data: {recipe.data_spec.unavailable}")
-    student = recipe.student.build(data=recipe.data_spec)
+    student = recipe.student.build(data=recipe.data_spec, spec=recipe.student_spec)
     student.load_state_dict(state["ema" if use_ema else "student"])
-    return recipe, student.to(device).eval(), recipe.objective.build(), recipe.data.build(split="train")
+    data = recipe.data
+    scoring = data.entry.cls.scoring_config(data.config)  # e.g. latents decoded by the VAE, not channel previews
+    if scoring != data.config:
+        log.info(f"data {data.name}: building it for scoring ({to_plain(scoring)})")
+    return recipe, student.to(device).eval(), recipe.objective.build(), data.entry.build(scoring, split="train")
 
 
 def generate_folder(

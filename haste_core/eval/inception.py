@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from haste_core.errors import HasteError
-from haste_core.weights.cache import cache_dir
+from haste_core.weights.cache import cache_dir, hub_offline
 
 log = logging.getLogger("haste")
 
@@ -197,7 +196,7 @@ def find_fid_weights(path: str | Path | None = None) -> Path:
                 )
             return candidate
     target = candidates[0]
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in {"", "0"} or os.environ.get("HASTE_OFFLINE", "0") not in {"", "0"}:
+    if hub_offline():
         raise HasteError(
             f"the FID Inception weights are not in {' or '.join(map(str, candidates))} and this process is offline; "
             f"download {FID_WEIGHTS_URL} to {target} (or give its path with --inception)"

@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from haste_core.config.recipe import Recipe
-from haste_core.interfaces import Termination
+from haste_core.interfaces import PolicyContext, Termination
 
 RUN_POLICY = "run"
 
@@ -40,13 +40,14 @@ class WouldFire:
     reason: str
 
 
-def watch_names(names: list[str]) -> list[str]:
-    """Unique names for watch policies: the registry name, with its index when a name appears twice."""
-    return [name if names.count(name) == 1 else f"{name}_{index}" for index, name in enumerate(names)]
-
-
 class PhasePlan:
+    """The termination policies of a run, what each governs, and which alignments they have stopped."""
+
     def __init__(self, recipe: Recipe) -> None:
+        context = PolicyContext(
+            max_steps=recipe.run.max_steps,
+            steps_per_epoch=recipe.data_spec.num_items // recipe.data.global_batch_size,  # the data stream's epoch
+        )
         self.labels = [node.label for node in recipe.alignments]
         self.policies: dict[str, Termination] = {}
         self.targets: dict[str, list[str]] = {}
@@ -59,12 +60,11 @@ class PhasePlan:
                 self.policies[node.label] = node.termination.build()
                 self.targets[node.label] = [node.label]
         for key, policy in self.policies.items():
-            policy.bind(self.targets[key])
-        watch_nodes = recipe.watch
+            policy.bind(self.targets[key], context)
         self.watch: dict[str, Termination] = {}
-        for name, node in zip(watch_names([node.name for node in watch_nodes]), watch_nodes, strict=True):
+        for name, node in zip(recipe.watch_names, recipe.watch, strict=True):
             self.watch[name] = node.build()
-            self.watch[name].bind(self.labels)
+            self.watch[name].bind(self.labels, context)
         self.fired: dict[str, int] = {}  # policy key -> step it fired at
         self.stopped: dict[str, int] = {}  # alignment label -> last aligned step
         self.would_fire: dict[str, int] = {}  # watch name -> step it would have fired at

@@ -25,13 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from haste_core import distributed
-
-DENOISE = "denoise"
-REACH_PREFIX = "grad/denoise_sq/"
-
-
-def dot_key(a: str, b: str) -> str:
-    return f"grad/dot/{a}/{b}"
+from haste_core.ops import DENOISE, REACH_PREFIX, conflict_cosine, dot_key, probe_dot, probe_terms
 
 
 def _reach_sets(labels: Sequence[str]) -> list[tuple[str, ...]]:
@@ -77,42 +71,10 @@ def measure(
     return out
 
 
-def _dot(metrics: dict[str, Any], a: str, b: str, order: Sequence[str]) -> float:
-    first, second = (a, b) if order.index(a) <= order.index(b) else (b, a)
-    return float(metrics[dot_key(first, second)])
-
-
-def terms_of(metrics: dict[str, Any]) -> list[str]:
-    """The term names of a probe result, in order (``denoise`` first)."""
-    return [key.split("/")[3] for key in metrics if key.startswith(f"grad/dot/{DENOISE}/")]
-
-
-def _denoise_sq(metrics: dict[str, Any], labels: Sequence[str], order: Sequence[str]) -> float:
-    """Squared norm of the denoising gradient on the parameters that some of ``labels`` reach."""
-    reach = {key[len(REACH_PREFIX) :]: value for key, value in metrics.items() if key.startswith(REACH_PREFIX)}
-    if not reach:  # a Gram matrix alone: every shared parameter counts
-        return _dot(metrics, DENOISE, DENOISE, order)
-    return sum(float(value) for key, value in reach.items() if set(key.split("+")) & set(labels))
-
-
-def conflict_cosine(metrics: dict[str, Any], labels: Sequence[str]) -> float | None:
-    """Cosine between the denoising gradient and the summed gradient of ``labels``; None off probe steps."""
-    if dot_key(DENOISE, DENOISE) not in metrics:
-        return None
-    order = terms_of(metrics)
-    labels = [label for label in labels if label in order]
-    if not labels:
-        return None
-    cross = sum(_dot(metrics, DENOISE, label, order) for label in labels)
-    align_sq = sum(_dot(metrics, a, b, order) for a in labels for b in labels)
-    denom = math.sqrt(max(_denoise_sq(metrics, labels, order), 0.0) * max(align_sq, 0.0))
-    return cross / denom if denom > 0 else 0.0
-
-
 def health(metrics: dict[str, Any]) -> dict[str, float]:
     """``grad/cos/<label>`` and ``grad/share/<term>`` from a probe result (plain floats, for logging)."""
-    order = terms_of(metrics)
-    norms = {term: math.sqrt(max(_dot(metrics, term, term, order), 0.0)) for term in order}
+    order = probe_terms(metrics)
+    norms = {term: math.sqrt(max(probe_dot(metrics, term, term, order), 0.0)) for term in order}
     total = sum(norms.values())
     out = {f"grad/share/{term}": (norm / total if total > 0 else 0.0) for term, norm in norms.items()}
     for label in order[1:]:

@@ -8,6 +8,7 @@ back with ``safetensors.torch.load_file`` and ``student.load_state_dict``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from haste_core.errors import HasteError
@@ -17,8 +18,9 @@ from haste_core.weights.import_checkpoint import read_checkpoint
 EXPORT_FORMAT = "haste-student/1"
 
 
-def export(source: str | Path, out: str | Path) -> Path:
-    """Write the EMA student weights of ``source`` (run folder or checkpoint file) to ``out``; returns ``out``."""
+def export(source: str | Path, out: str | Path, head_prefixes: Iterable[str] = ()) -> Path:
+    """Write the EMA student weights of ``source`` (run folder or checkpoint file) to ``out``; returns ``out``.
+    ``head_prefixes``: where a published file keeps alignment heads (left out; ``import_checkpoint.head_prefixes``)."""
     from safetensors.torch import save_file
 
     source, out = Path(source), Path(out)
@@ -29,7 +31,7 @@ def export(source: str | Path, out: str | Path) -> Path:
         source = latest
     if out.suffix != ".safetensors":
         raise HasteError(f"the output must be a .safetensors file, got {out}")
-    published = read_checkpoint(source)
+    published = read_checkpoint(source, head_prefixes)
     weights = {key: value.contiguous() for key, value in published.weights("ema").items()}
     metadata = {"format": EXPORT_FORMAT, "source": str(source), "layout": published.layout}
     if published.student_name:

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import torch
 
 from haste_core.errors import HasteError
+from haste_core.weights.cache import hub_cache_dir, hub_offline
 
 HUB, NONE = "hub", "none"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -69,20 +70,6 @@ def check_setting(setting: str) -> str | None:
     if not path.is_file():
         return f"weights file {str(path)!r} does not exist; give an existing file, 'hub' or 'none'"
     return None
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set (read now, not at import, so tests and launchers can set it late)."""
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    return Path(home) / "hub"
 
 
 def hub_endpoint() -> str:

@@ -4,11 +4,11 @@ Layouts understood by ``read_checkpoint``:
 
 * ``repa``: what the REPA and HASTE training scripts save, a dict with ``model``, ``ema``, ``opt``, ``args``
   (an argparse Namespace) and ``steps``. Backbone keys are named as ours (``x_embedder.proj.*``,
-  ``blocks.{i}.attn.qkv.*``...); the projector ``projectors.0.{0,2,4}.*`` maps to the ``repa`` alignment's
-  ``projector.{0,2,4}.*``.
+  ``blocks.{i}.attn.qkv.*``...); an alignment's heads sit beside them under the prefix its class declares
+  (``Alignment.published_prefix``; REPA's projector: ``projectors.0.``).
 * ``dit``: the official DiT checkpoints, a plain state dict (EMA weights) with the same backbone names and
   learned-sigma output channels.
-* ``haste``: a checkpoint of one of our runs (``student``, ``ema`` and ``alignments``).
+* ``haste``: a checkpoint of one of our runs (``student``, ``ema`` and ``alignments`` by label).
 
 Loading is strict: every key of the student must be present with the student's shape. A mismatch fails with
 the first mismatching key (in the student's own order) and both shapes.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,33 +27,46 @@ import torch
 from torch import Tensor, nn
 
 from haste_core.errors import CheckpointError
+from haste_core.interfaces import Alignment
+from haste_core.registry import Registry
 from haste_core.weights.checkpoint import FORMAT as HASTE_FORMAT
 from haste_core.weights.hub import check_fits
 
-REPA_PROJECTOR = "projectors.0."  # REPA/HASTE: one projector per teacher; the first one is the repa alignment's
-OUR_PROJECTOR = "projector."  # haste_alignment.repa keeps its MLP under this name
+Heads = dict[str, dict[str, Tensor]]  # published prefix (or, for our own runs, alignment label) -> its tensors
 
 
 @dataclass
 class PublishedCheckpoint:
-    """The student weights of a checkpoint: ``model`` (live), ``ema`` (None if the file has none), and the
-    repa projector under our key names (empty if none)."""
+    """The student weights of a checkpoint, ``model`` (live) and ``ema`` (None if the file has none), and the
+    alignment heads stored beside them (``heads``/``ema_heads``: by published prefix, or by label for ours)."""
 
     path: Path
     layout: Literal["repa", "dit", "haste"]
     model: dict[str, Tensor]
     ema: dict[str, Tensor] | None = None
-    projector: dict[str, Tensor] = field(default_factory=dict)
-    ema_projector: dict[str, Tensor] = field(default_factory=dict)
+    heads: Heads = field(default_factory=dict)
+    ema_heads: Heads = field(default_factory=dict)
     student_name: str | None = None
 
     def weights(self, which: Literal["ema", "model"]) -> dict[str, Tensor]:
         """EMA weights (or the live ones when the file has no EMA), or the live weights."""
         return self.ema if which == "ema" and self.ema is not None else self.model
 
+    def head_states(self, which: Literal["ema", "model"]) -> Heads:
+        return self.ema_heads if which == "ema" and self.ema is not None else self.heads
 
-def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
-    """Read a checkpoint file in any layout above (weights only; REPA's argparse ``args`` is allowed)."""
+
+def head_prefixes(alignments: Registry) -> list[str]:
+    """The prefixes under which the registered alignments' heads appear in published checkpoints."""
+    return sorted({entry.cls.published_prefix for entry in alignments.entries() if entry.cls.published_prefix})
+
+
+def read_checkpoint(path: str | Path, alignments: Registry | Iterable[str] = ()) -> PublishedCheckpoint:
+    """Read a checkpoint file in any layout above (weights only; REPA's argparse ``args`` is allowed).
+
+    ``alignments`` (the alignment registry, or the prefixes themselves) tells which tensors of a published file
+    are alignment heads rather than the student's."""
+    prefixes = head_prefixes(alignments) if isinstance(alignments, Registry) else sorted(alignments)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -66,19 +80,16 @@ def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}; expected a dict of weights")
     if raw.get("format") == HASTE_FORMAT:
-        recipe = raw.get("recipe") or {}
-        projector = _first_repa_state(raw.get("alignments") or {}, recipe)
-        return PublishedCheckpoint(
-            path, "haste", raw["student"], raw["ema"], dict(projector), dict(projector),
-            student_name=(recipe.get("student") or {}).get("name"),
-        )  # fmt: skip
+        heads = {str(label): dict(state) for label, state in (raw.get("alignments") or {}).items()}
+        name = ((raw.get("recipe") or {}).get("student") or {}).get("name")
+        return PublishedCheckpoint(path, "haste", raw["student"], raw["ema"], heads, heads, student_name=name)
     if "model" in raw and isinstance(raw["model"], dict):
-        model, projector = _split_projector(raw["model"])
-        ema, ema_projector = _split_projector(raw["ema"]) if isinstance(raw.get("ema"), dict) else (None, {})
-        return PublishedCheckpoint(path, "repa", model, ema, projector, ema_projector)
+        model, heads = split_heads(raw["model"], prefixes)
+        ema, ema_heads = split_heads(raw["ema"], prefixes) if isinstance(raw.get("ema"), dict) else (None, {})
+        return PublishedCheckpoint(path, "repa", model, ema, heads, ema_heads)
     if raw and all(isinstance(value, Tensor) for value in raw.values()):
-        model, projector = _split_projector(raw)
-        return PublishedCheckpoint(path, "dit", model, None, projector, projector)
+        model, heads = split_heads(raw, prefixes)
+        return PublishedCheckpoint(path, "dit", model, None, heads, heads)
     raise CheckpointError(
         f"{path} is not a checkpoint haste can read: expected a REPA/HASTE training checkpoint (keys model, ema, "
         f"opt, args, steps), a plain state dict (official DiT) or a haste run checkpoint; found keys "
@@ -86,18 +97,18 @@ def read_checkpoint(path: str | Path) -> PublishedCheckpoint:
     )
 
 
-def _first_repa_state(alignments: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Tensor]:
-    """The state of the run's first ``repa`` alignment still in the checkpoint (labelled ``repa``, or ``repa_<i>``
-    when the recipe lists several; haste_core.config.recipe's labelling rule), or {} when none is left."""
-    names = [node.get("name") for node in recipe.get("alignment") or [] if isinstance(node, dict)]
-    labels = [name if names.count(name) == 1 else f"{name}_{i}" for i, name in enumerate(names) if name == "repa"]
-    return next((dict(alignments[label]) for label in labels if label in alignments), {})
-
-
-def _split_projector(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    backbone = {k: v for k, v in state.items() if not k.startswith("projectors.")}
-    projector = {OUR_PROJECTOR + k[len(REPA_PROJECTOR) :]: v for k, v in state.items() if k.startswith(REPA_PROJECTOR)}
-    return backbone, projector
+def split_heads(state: Mapping[str, Tensor], prefixes: Iterable[str]) -> tuple[dict[str, Tensor], Heads]:
+    """A published state dict as (the student's tensors, {prefix: the tensors under it, prefix removed})."""
+    prefixes = list(prefixes)
+    heads: Heads = {prefix: {} for prefix in prefixes}
+    student = {}
+    for key, value in state.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            student[key] = value
+        else:
+            heads[prefix][key[len(prefix) :]] = value
+    return student, {prefix: tensors for prefix, tensors in heads.items() if tensors}
 
 
 # load_weights' words for a checkpoint that does not fit (see haste_core.weights.hub.check_fits)
@@ -120,16 +131,27 @@ def import_checkpoint(
     student: nn.Module,
     *,
     weights: Literal["ema", "model"] = "ema",
-    projector: nn.Module | None = None,
+    alignments: Mapping[str, Alignment] | None = None,
     name: str | None = None,
 ) -> PublishedCheckpoint:
-    """Load a published checkpoint's student weights into ``student`` (EMA by default), and its REPA projector
-    into ``projector`` (a ``repa`` alignment) when both are there. ``name`` (e.g. ``sit_xl_2``) is used in
-    error messages. Returns what was read."""
-    checkpoint = source if isinstance(source, PublishedCheckpoint) else read_checkpoint(source)
+    """Load a published checkpoint's student weights into ``student`` (EMA by default), and into each of
+    ``alignments`` (by label) the heads the file holds for it: for our runs the state of the alignment with the
+    same label; for REPA/HASTE files the tensors under its class's ``published_prefix``, each prefix given to the
+    first alignment that declares it. ``name`` (e.g. ``sit_xl_2``) is used in error messages."""
+    alignments = alignments or {}
+    if isinstance(source, PublishedCheckpoint):
+        checkpoint = source
+    else:
+        checkpoint = read_checkpoint(source, {type(a).published_prefix for a in alignments.values()} - {""})
     target = name or type(student).__name__
     load_weights(student, checkpoint.weights(weights), source=checkpoint.path, target=target)
-    chosen = checkpoint.ema_projector if weights == "ema" and checkpoint.ema is not None else checkpoint.projector
-    if projector is not None and chosen:
-        load_weights(projector, chosen, source=checkpoint.path, target="the repa projector")
+    heads = dict(checkpoint.head_states(weights))
+    for label, alignment in alignments.items():
+        if checkpoint.layout == "haste":
+            state = heads.pop(label, None)
+        else:
+            state = heads.pop(type(alignment).published_prefix, None)
+            state = None if state is None else type(alignment).from_published(state)
+        if state is not None:
+            load_weights(alignment, state, source=checkpoint.path, target=f"alignment '{label}'")
     return checkpoint

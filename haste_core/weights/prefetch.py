@@ -34,8 +34,7 @@ def needs(recipe: Recipe) -> list[tuple[Node, str]]:
 
 
 def hub_files(node: Node) -> list[weights.HubFile]:
-    method = getattr(node.entry.cls, "hub_files", None)
-    return list(method(node.config, **node.entry.fixed)) if method is not None else []
+    return list(node.entry.cls.hub_files(node.config, **node.entry.fixed))
 
 
 def prefetch(recipe: Recipe, plugins: Plugins, *, check: bool, out: TextIO | None = None) -> int:

@@ -30,10 +30,17 @@ import torch
 from torch import Tensor, nn
 
 from haste_alignment.attention_loss import DEFAULT_CHUNK_ELEMENTS, AttentionLoss, attention_loss, attention_loss_naive
-from haste_core import hookimpl
-from haste_core.errors import RecipeError
-from haste_core.interfaces import Alignment, Capture, StudentOutput, StudentSpec, TeacherOutput, TeacherSpec
-from haste_core.registry import Registry
+from haste_core import (
+    Alignment,
+    Capture,
+    RecipeError,
+    Registry,
+    StudentOutput,
+    StudentSpec,
+    TeacherOutput,
+    TeacherSpec,
+    hookimpl,
+)
 
 
 def attention_cross_entropy(student_logits_BHNN: Tensor, teacher_logits_BHNN: Tensor) -> Tensor:
@@ -123,7 +130,6 @@ class AttentionDistillation(Alignment):
 
     def __init__(self, config: Config, *, student: StudentSpec, teacher: TeacherSpec) -> None:
         super().__init__()
-        self.check(config, student=student, teacher=teacher)
         self.config = config
         self.student_heads, self.teacher_heads = student.num_heads, teacher.num_heads
         self.mixing = nn.ParameterList()

@@ -15,13 +15,22 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haste_core import hookimpl
-from haste_core.errors import RecipeError
-from haste_core.interfaces import Alignment, Capture, StudentOutput, StudentSpec, TeacherOutput, TeacherSpec
-from haste_core.registry import Registry
+from haste_core import (
+    Alignment,
+    Capture,
+    RecipeError,
+    Registry,
+    StudentOutput,
+    StudentSpec,
+    TeacherOutput,
+    TeacherSpec,
+    hookimpl,
+)
 
 
 class REPA(Alignment):
+    published_prefix = "projectors.0."  # REPA/HASTE train.py: one projector per teacher; the first is this one
+
     @dataclass(kw_only=True, frozen=True)
     class Config:
         student_block: int  # 0-based; REPA/HASTE use 7 (the output of the 8th block) for SiT-L/XL, 3 for SiT-B
@@ -58,7 +67,6 @@ class REPA(Alignment):
 
     def __init__(self, config: Config, *, student: StudentSpec, teacher: TeacherSpec) -> None:
         super().__init__()
-        self.check(config, student=student, teacher=teacher)
         self.config = config
         self._last_cosine: Tensor | None = None  # for histograms(): the last batch's per-token cosines
         width = config.projector_dim
@@ -73,6 +81,15 @@ class REPA(Alignment):
             if isinstance(layer, nn.Linear):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def from_published(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """REPA/HASTE keep the MLP as ``projectors.0.{0,2,4}.*``; ours is ``projector.{0,2,4}.*``."""
+        return {f"projector.{key}": value for key, value in tensors.items()}
+
+    @classmethod
+    def to_published(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {key.removeprefix("projector."): value for key, value in state.items()}
 
     def student_capture(self) -> Capture:
         return Capture(hidden=frozenset({self.config.student_block}))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from haste_core.interfaces import Dataset, DataSpec
+from haste_core import Dataset, DataSpec
 
 
 class OpenedDataset(Dataset):

@@ -20,10 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from haste_core import hookimpl
+from haste_core import DataSpec, Registry, hookimpl
 from haste_core.data.prepared import MANIFEST, ShardedField, save_array, write_example, write_manifest
-from haste_core.interfaces import DataSpec
-from haste_core.registry import Registry
 from haste_core.weights.cache import cache_dir
 from haste_data.latents import EXAMPLE_RESOLUTION, Latents, read_checked_manifest
 

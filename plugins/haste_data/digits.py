@@ -12,10 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.errors import RecipeError
-from haste_core.interfaces import DataSpec
-from haste_core.registry import Registry
+from haste_core import DataSpec, RecipeError, Registry, hookimpl
 from haste_data.base import OpenedDataset
 
 NUM_DIGITS = 1797  # sklearn.datasets.load_digits

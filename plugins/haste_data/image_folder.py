@@ -17,11 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from haste_core import hookimpl
+from haste_core import DataSpec, HasteError, RecipeError, Registry, hookimpl
 from haste_core.data.prepare import IMAGE_SUFFIXES, adm_center_crop
-from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import DataSpec
-from haste_core.registry import Registry
 from haste_core.weights.cache import cache_dir
 from haste_data.base import OpenedDataset
 

@@ -9,6 +9,7 @@ i + N is item i flipped left-right with its own latents (a flipped latent is not
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,12 +17,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from haste_core import hookimpl
+from haste_core import DataSpec, HasteError, RecipeError, Registry, hookimpl
 from haste_core.data.prepared import MANIFEST, ShardedField, read_manifest, write_example
 from haste_core.data.vae import DEFAULT_VAE, SD_VAE_SCALE
-from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import DataSpec
-from haste_core.registry import Registry
 from haste_core.weights.cache import cache_dir
 from haste_core.weights.hub import HubFile, diffusers_hub_files
 from haste_data.base import OpenedDataset
@@ -101,6 +99,11 @@ class Latents(OpenedDataset):
         if not (root / MANIFEST).is_file():
             write_example(root, resolution=EXAMPLE_RESOLUTION)
         return cls.Config(path=str(root), resolution=EXAMPLE_RESOLUTION, preview="channels")
+
+    @classmethod
+    def scoring_config(cls, config: Config) -> Config:
+        """Channel previews are no images to score: generation decodes the latents with the VAE."""
+        return dataclasses.replace(config, preview="vae")
 
     @classmethod
     def hub_files(cls, config: Config) -> list[HubFile]:

@@ -12,21 +12,21 @@ trains the variance: KL(q(x_{n−1}|x_n, x0) ‖ p(x_{n−1}|x_n)) in bits per d
 discretised Gaussian decoder NLL (bins of width 2/255 on data in [−1, 1]).
 
 Samplers: ``velocity`` is the probability-flow velocity implied by ε (so the Euler ODE sampler works), and
-``discrete_schedule`` gives ᾱ for the DDPM ancestral sampler ``haste_core.eval.samplers.ddpm_sample``.
+``discrete_schedule`` gives ᾱ for the DDPM ancestral sampler it adds (``sampling.sampler: ddpm``,
+``haste_objectives/ddpm_sampler.py``), which guides every step (no guidance interval).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import Objective, TrainingPair
-from haste_core.registry import Registry
+from haste_core import HasteError, Objective, RecipeError, Registry, TrainingPair, hookimpl
+from haste_objectives.ddpm_sampler import ancestral_sample
 
 # DDPM / DiT schedule (Ho et al. 2020, §4; DiT uses the same)
 NUM_STEPS = 1000
@@ -37,8 +37,16 @@ EDGE = 0.999  # data beyond ±EDGE fall in the open-ended first/last bins
 LOG_FLOOR = 1e-12  # smallest probability taken to the log in the decoder likelihood
 
 
+def _ancestral(objective: DDPM, student: Any, noise: Tensor, cond: Any, config: Any, *, generator: Any) -> Tensor:
+    return ancestral_sample(
+        student, objective, noise, cond, steps=config.steps, cfg_scale=config.cfg_scale, generator=generator
+    )
+
+
 class DDPM(Objective):
     """ε-prediction DDPM objective with the hybrid (MSE + VLB) loss for learned-sigma students."""
+
+    extra_samplers: ClassVar[dict[str, Any]] = {"ddpm": _ancestral}
 
     @dataclass(kw_only=True, frozen=True)
     class Config:
@@ -53,6 +61,16 @@ class DDPM(Objective):
                 raise RecipeError(
                     f"need 0 < beta_start < beta_end < 1, got {self.beta_start} and {self.beta_end}", "beta_end"
                 )
+
+    @classmethod
+    def check_sampling(cls, config: Config, sampling: Any) -> None:
+        """The ancestral sampler guides every step: no guidance interval with it."""
+        if sampling.sampler == "ddpm" and sampling.cfg_scale != 1.0 and sampling.guidance_interval != (0.0, 1.0):
+            raise RecipeError(
+                f"the ddpm sampler guides every step; leave guidance_low at 0 and guidance_high at 1 (got "
+                f"[{sampling.guidance_low}, {sampling.guidance_high}]), or use the euler, heun or sde sampler",
+                "guidance_high",
+            )
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)

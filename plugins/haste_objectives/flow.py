@@ -14,10 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import Objective, TrainingPair
-from haste_core.registry import Registry
+from haste_core import HasteError, Objective, RecipeError, Registry, TrainingPair, hookimpl
 
 
 class Flow(Objective):

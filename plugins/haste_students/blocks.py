@@ -15,9 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haste_core.errors import RecipeError
-from haste_core.interfaces import Capture, DataSpec, StudentOutput, StudentSpec
-from haste_core.ops import attention_logits
+from haste_core import Capture, DataSpec, RecipeError, StudentOutput, StudentSpec, attention_logits
 
 TIMESTEP_FREQUENCY_DIM = 256  # sinusoidal embedding width before the MLP (DiT, SiT)
 MAX_PERIOD = 10_000  # base of the sinusoidal frequencies (Transformer, DiT)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haste_core import hookimpl
-from haste_core.errors import RecipeError
-from haste_core.registry import Registry
-from haste_students.sit import SiT, register_sizes
+from haste_core import DataSpec, RecipeError, Registry, StudentSpec, hookimpl
+from haste_students.sit import SiT, SiTArch, register_sizes
 
 DDPM_STEPS = 1000  # DiT's diffusion length T: t in [0, 1] is fed to the embedder as n = t·(T − 1)
 
@@ -38,6 +36,11 @@ class DiT(SiT):
             super().__post_init__()
             if self.time_scale <= 0:
                 raise RecipeError(f"must be positive, got {self.time_scale}", "time_scale")
+
+    def __init__(self, config: Config, *, arch: SiTArch, data: DataSpec, spec: StudentSpec) -> None:
+        super().__init__(
+            config, arch=arch, data=data, spec=spec, learn_sigma=config.learn_sigma, time_scale=config.time_scale
+        )
 
 
 @hookimpl

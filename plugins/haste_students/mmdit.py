@@ -25,11 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haste_core import hookimpl
-from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import Capture, DataSpec, Student, StudentOutput, StudentSpec
-from haste_core.ops import attention_logits
-from haste_core.registry import Registry
+from haste_core import (
+    Capture,
+    DataSpec,
+    HasteError,
+    RecipeError,
+    Registry,
+    Student,
+    StudentOutput,
+    StudentSpec,
+    attention_logits,
+    hookimpl,
+)
 from haste_students.blocks import (
     LN_EPS,
     QK_NORM_EPS,
@@ -156,11 +163,15 @@ class MMDiT(Student):
             )
         return patch_student_spec(f"mmdit_d{arch.depth}", arch, data)
 
-    def __init__(self, config: Config, *, arch: MMDiTArch, data: DataSpec) -> None:
+    def __init__(self, config: Config, *, arch: MMDiTArch, data: DataSpec, spec: StudentSpec) -> None:
         super().__init__()
         self.config, self.arch = config, arch
-        self.depth, self.hidden_size, self.num_heads = arch.depth, arch.hidden_size, arch.num_heads
-        self.grid = self.describe(config, data=data, arch=arch).grid
+        self.depth, self.hidden_size, self.num_heads, self.grid = (
+            spec.depth,
+            spec.hidden_size,
+            spec.num_heads,
+            spec.grid,
+        )
         self.patch_size, self.channels = arch.patch_size, data.x_shape[0]
         self.text_len, self.text_dim, self.pooled_dim = data.text_len, data.text_dim, data.pooled_dim
         width = arch.hidden_size

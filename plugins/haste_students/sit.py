@@ -13,10 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from haste_core import hookimpl
-from haste_core.errors import RecipeError
-from haste_core.interfaces import Capture, DataSpec, Student, StudentOutput, StudentSpec
-from haste_core.registry import Registry
+from haste_core import Capture, DataSpec, RecipeError, Registry, Student, StudentOutput, StudentSpec, hookimpl
 from haste_students.blocks import (
     AdaLNBlock,
     FinalLayer,
@@ -53,8 +50,8 @@ SIZES = {**CPU_SIZES, **PUBLISHED_SIZES}
 class SiT(Student):
     """SiT: patch embedding + fixed sin-cos positions, adaLN-Zero blocks conditioned on time and class.
 
-    Subclasses (DiT) change the registered family name, the output channels (``learn_sigma``) and the scale of
-    t fed to the timestep embedder (``time_scale``).
+    Subclasses (DiT) change the registered family name and pass the output channels (``learn_sigma``) and the
+    scale of t fed to the timestep embedder (``time_scale``).
     """
 
     family: ClassVar[str] = "sit"
@@ -83,11 +80,24 @@ class SiT(Student):
         size = next(k for k, v in SIZES.items() if v == (arch.depth, arch.hidden_size, arch.num_heads))
         return f"{cls.family}_{size}_{arch.patch_size}"
 
-    def __init__(self, config: Config, *, arch: SiTArch, data: DataSpec) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        arch: SiTArch,
+        data: DataSpec,
+        spec: StudentSpec,
+        learn_sigma: bool = False,
+        time_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         self.config, self.arch = config, arch
-        self.depth, self.hidden_size, self.num_heads = arch.depth, arch.hidden_size, arch.num_heads
-        self.grid = self.describe(config, data=data, arch=arch).grid
+        self.depth, self.hidden_size, self.num_heads, self.grid = (
+            spec.depth,
+            spec.hidden_size,
+            spec.num_heads,
+            spec.grid,
+        )
         self.patch_size, self.channels, self.num_classes = arch.patch_size, data.x_shape[0], data.num_classes
         self.x_embedder = PatchEmbed(self.channels, arch.hidden_size, arch.patch_size)
         self.t_embedder = TimestepEmbedder(arch.hidden_size)
@@ -98,8 +108,7 @@ class SiT(Student):
         self.blocks = nn.ModuleList(
             AdaLNBlock(arch.hidden_size, arch.num_heads, config.mlp_ratio, config.qk_norm) for _ in range(arch.depth)
         )
-        self.learn_sigma = bool(getattr(config, "learn_sigma", False))
-        self.time_scale = float(getattr(config, "time_scale", 1.0))
+        self.learn_sigma, self.time_scale = learn_sigma, time_scale
         self.out_channels = self.channels * (2 if self.learn_sigma else 1)
         self.final_layer = FinalLayer(arch.hidden_size, arch.patch_size, self.out_channels)
         init_dit_weights(self)

@@ -20,9 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from haste_core import hookimpl
-from haste_core.errors import HasteError, RecipeError
-from haste_core.registry import Registry
+from haste_core import HasteError, RecipeError, Registry, hookimpl
 from haste_core.weights.hub import HubFile
 from haste_teachers.vit_teacher import Dims, Sink, ViTTeacher
 

@@ -23,11 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haste_core import hookimpl
-from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import DataSpec, StudentSpec, Teacher, TeacherOutput, TeacherSpec
-from haste_core.ops import attention_logits
-from haste_core.registry import Registry
+from haste_core import (
+    DataSpec,
+    HasteError,
+    RecipeError,
+    Registry,
+    StudentSpec,
+    Teacher,
+    TeacherOutput,
+    TeacherSpec,
+    attention_logits,
+    hookimpl,
+)
 from haste_core.weights.cache import cache_dir
 from haste_core.weights.hub import check_fits
 
@@ -160,9 +167,10 @@ class DigitsViT(Teacher):
             )
         return TeacherSpec(name="digits_vit", depth=DEPTH, embed_dim=EMBED_DIM, num_heads=NUM_HEADS, grid=student.grid)
 
-    def __init__(self, config: Config, *, data: DataSpec, student: StudentSpec, resolve_weights: Any = None) -> None:
+    def __init__(
+        self, config: Config, *, data: DataSpec, student: StudentSpec, spec: TeacherSpec, resolve_weights: Any = None
+    ) -> None:
         super().__init__()
-        spec = self.describe(config, data=data, student=student)
         self.config = config
         self.depth, self.embed_dim, self.num_heads, self.grid = (
             spec.depth,

@@ -8,8 +8,7 @@ HASTE and REPA align SiT with DINOv2-B/14 (``dinov2_vitb14``): 12 blocks, width 
 
 from __future__ import annotations
 
-from haste_core import hookimpl
-from haste_core.registry import Registry
+from haste_core import Registry, hookimpl
 from haste_teachers.timm_teacher import TimmTeacher
 
 # registered name -> timm model with its pretrained tag (timm 1.0 `vit_*_patch14[_reg4]_dinov2.lvd142m`)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.registry import Registry
+from haste_core import Registry, hookimpl
 from haste_teachers.timm_teacher import TimmTeacher
 
 # registered name -> timm model with its pretrained tag (timm 1.0 `vit_*_224.mae`)

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from haste_core.errors import HasteError
+from haste_core import HasteError
 from haste_core.weights.hub import HubFile
 from haste_teachers.vit_teacher import Dims, Sink, ViTTeacher
 

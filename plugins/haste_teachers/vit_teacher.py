@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haste_core.errors import RecipeError
-from haste_core.interfaces import DataSpec, StudentSpec, Teacher, TeacherOutput, TeacherSpec
-from haste_core.ops import attention_logits
+from haste_core import DataSpec, RecipeError, StudentSpec, Teacher, TeacherOutput, TeacherSpec, attention_logits
 from haste_core.weights import hub as weights_lib
 
 log = logging.getLogger("haste")
@@ -157,11 +155,11 @@ class ViTTeacher(Teacher):
         *,
         data: DataSpec,
         student: StudentSpec,
+        spec: TeacherSpec,
         resolve_weights: Callable[[str, str], Path | None] | None = None,
         **fixed: Any,
     ) -> None:
         super().__init__()
-        spec = self.describe(config, data=data, student=student, **fixed)
         self.config, self.name, self.fixed = config, spec.name, fixed
         self.depth, self.embed_dim, self.num_heads = spec.depth, spec.embed_dim, spec.num_heads
         self.grid, self.token_grid = spec.grid, spec.token_grid

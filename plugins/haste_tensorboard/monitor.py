@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from haste_core import hookimpl
-from haste_core.interfaces import RunContext
+from haste_core import RunContext, hookimpl
 
 _writers: dict[Path, Any] = {}  # run folder -> SummaryWriter, for the runs of this process
 

@@ -15,10 +15,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.errors import RecipeError
-from haste_core.interfaces import Fired, Termination
-from haste_core.registry import Registry
+from haste_core import Fired, RecipeError, Registry, Termination, hookimpl
 
 
 def ramp(fraction: float, shape: str) -> float:

@@ -1,23 +1,22 @@
 """``fixed_epoch``: stop aligning after a fixed number of passes over the training set.
 
-``epochs: E`` fires after the optimiser step that completes the E-th epoch (the trainer passes the completed
-epochs as ``data/epoch``). Use it when a schedule is stated in epochs (HASTE's 500-epoch run) and the batch
-size may change between runs: the termination point then moves with the data, not with the step count.
+``epochs: E`` fires after the optimiser step that completes the E-th epoch: the first step s with
+s / steps_per_epoch >= E, where steps_per_epoch (full global batches per pass, from the run's ``PolicyContext``)
+is what the data stream takes per epoch. Use it when a schedule is stated in epochs (HASTE's 500-epoch run) and
+the batch size may change between runs: the termination point then moves with the data, not with the step count.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import Fired, Termination
-from haste_core.registry import Registry
+from haste_core import Fired, PolicyContext, RecipeError, Registry, Termination, hookimpl
 
-EPOCH_KEY = "data/epoch"
+# float round-off of epochs·steps_per_epoch (0.7·10 = 7.000000000000001) must not push the goal a step later
+ROUND_OFF = 1e-9
 
 
 class FixedEpoch(Termination):
@@ -33,17 +32,12 @@ class FixedEpoch(Termination):
     def example_config(cls, **specs: object) -> Config:
         return cls.Config(epochs=1)
 
+    def bind(self, labels: list[str], context: PolicyContext) -> None:
+        super().bind(labels, context)
+        self.goal = max(1, math.ceil(self.config.epochs * context.steps_per_epoch - ROUND_OFF))
+
     def update(self, step: int, metrics: dict[str, Tensor]) -> Fired | None:
-        if EPOCH_KEY not in metrics:
-            raise HasteError(
-                f"fixed_epoch needs '{EPOCH_KEY}' (completed epochs) among the values it is given; the haste "
-                "trainer passes it at every step"
-            )
-        done = metrics[EPOCH_KEY]
-        # The goal rounded like the value it is compared with (a float32 7/10 is below the float64 0.7); rounding
-        # is monotone, so a position at or past the goal still reads at or past it.
-        goal = torch.tensor(self.config.epochs, dtype=done.dtype)
-        if bool(done.cpu() >= goal):
+        if step >= self.goal:
             return Fired(reason=f"fixed_epoch: {self.config.epochs:g} epochs done at step {step}")
         return None
 

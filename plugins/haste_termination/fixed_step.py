@@ -10,10 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.errors import RecipeError
-from haste_core.interfaces import Fired, Termination
-from haste_core.registry import Registry
+from haste_core import Fired, RecipeError, Registry, Termination, hookimpl
 
 
 class FixedStep(Termination):

@@ -15,11 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.errors import RecipeError
-from haste_core.interfaces import Fired, Termination
-from haste_core.registry import Registry
-from haste_core.train.probe import conflict_cosine
+from haste_core import Fired, RecipeError, Registry, Termination, conflict_cosine, hookimpl
 
 
 class GradientConflict(Termination):

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from haste_core import hookimpl
-from haste_core.interfaces import Fired, Termination
-from haste_core.registry import Registry
+from haste_core import Fired, Registry, Termination, hookimpl
 
 
 class Never(Termination):

@@ -11,18 +11,17 @@ observation is that the alignment terms flatten long before the denoising loss d
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from haste_core import distributed, hookimpl
-from haste_core.errors import HasteError, RecipeError
-from haste_core.interfaces import Fired, Termination
-from haste_core.registry import Registry
+from haste_core import Fired, HasteError, RecipeError, Registry, Termination, all_reduce_mean, hookimpl
 
 _TINY = 1e-12  # guards the relative change of a value that is exactly 0
+TRAINING_LOSSES = ("loss/denoise", "loss/total")
 
 
 class Plateau(Termination):
@@ -45,6 +44,26 @@ class Plateau(Termination):
     @classmethod
     def example_config(cls, **specs: object) -> Config:
         return cls.Config(metric="loss/total", window=5, tolerance=0.05, decay=0.5)
+
+    @classmethod
+    def check(cls, config: Config, *, labels: list[str]) -> None:
+        """``metric`` must be a value the trainer gives this policy: a loss, or a governed alignment's term (or
+        one of its extra metrics, ``align/<label>/<key>``)."""
+        metric = config.metric
+        if (
+            not metric
+            or metric in TRAINING_LOSSES
+            or any(metric == f"align/{label}" or metric.startswith(f"align/{label}/") for label in labels)
+        ):
+            return
+        choices = ", ".join([*TRAINING_LOSSES, *(f"align/{label}" for label in labels)])
+        close = difflib.get_close_matches(metric, [*TRAINING_LOSSES, *(f"align/{label}" for label in labels)], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RecipeError(
+            f"{metric!r} is not a value this policy sees{hint}; choose {choices}, or align/<label>/<key> for an extra "
+            "metric of one of those alignments, or leave it empty to watch every governed alignment's loss",
+            "metric",
+        )
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -75,7 +94,7 @@ class Plateau(Termination):
         if not keys or step % self.config.window or step < self.config.min_step:
             return None
         debiased = torch.stack([self.ema[key] / (1.0 - decay ** self.count[key]) for key in keys])
-        current = dict(zip(keys, distributed.all_reduce_mean(debiased).tolist(), strict=True))
+        current = dict(zip(keys, all_reduce_mean(debiased).tolist(), strict=True))
         previous, self.previous = self.previous, current
         if not all(key in previous for key in keys):
             return None
