@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing weight must fail at once, never retry online
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_RECIPE = REPO / "tests" / "data" / "tiny.yaml"
+TINY_RECIPE = REPO / "tests" / "fixtures" / "tiny.yaml"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,7 +32,7 @@ def plugins():
 
 @pytest.fixture
 def tiny(tmp_path: Path, plugins):
-    """Load tests/data/tiny.yaml with overrides; its run folder lives in this test's tmp_path."""
+    """Load tests/fixtures/tiny.yaml with overrides; its run folder lives in this test's tmp_path."""
     from haste_core.config.recipe import load_recipe
 
     def load(*overrides: str):

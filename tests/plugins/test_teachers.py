@@ -215,8 +215,7 @@ def test_each_teacher_encodes_once_per_step_for_all_alignments_that_use_it(tmp_p
     from haste_core.config.recipe import load_recipe
     from haste_core.train import run_folder
     from haste_core.train.trainer import Trainer
-
-    from .conftest import TINY_RECIPE
+    from tests.conftest import TINY_RECIPE
 
     raw = yaml.safe_load(TINY_RECIPE.read_text())
     raw.pop("teacher")
@@ -250,7 +249,7 @@ def test_each_teacher_encodes_once_per_step_for_all_alignments_that_use_it(tmp_p
 def test_the_docs_example_runs_and_prints_what_it_says(capsys):
     import re
 
-    from .conftest import REPO
+    from tests.conftest import REPO
 
     page = (REPO / "docs" / "teachers.md").read_text()
     (source,) = [block for block in re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL) if "encode" in block]

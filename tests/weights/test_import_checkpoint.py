@@ -15,8 +15,7 @@ from haste_core.testing import _scramble, build_student
 from haste_core.train import run_folder
 from haste_core.train.trainer import Trainer
 from haste_core.weights.import_checkpoint import import_checkpoint, load_weights, read_checkpoint, split_heads
-
-from .conftest import run_module
+from tests.conftest import run_module
 
 DIGITS = DataSpec(x_shape=(1, 8, 8), image_shape=(1, 8, 8), num_classes=10, num_items=100)
 CPU = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

@@ -11,8 +11,7 @@ import pytest
 from haste_core.errors import PluginError
 from haste_core.interfaces import FAMILIES
 from haste_core.plugins import load_plugins
-
-from .conftest import TINY_RECIPE, run_module
+from tests.conftest import TINY_RECIPE, run_module
 
 BUILT_IN = {
     "students.sit", "teachers.digits_vit", "alignment.repa", "alignment.attention", "termination.never",

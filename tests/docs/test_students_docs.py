@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "students.md"
+from tests.conftest import REPO
+
+DOC = REPO / "docs" / "students.md"
 
 
 def test_checkpoint_example_in_the_docs_runs(capsys):

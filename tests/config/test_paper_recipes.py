@@ -13,9 +13,8 @@ from huggingface_hub import constants as hf_constants
 from haste_core import run
 from haste_core.cli import main as haste_cli
 from haste_core.config.recipe import load_recipe
-
-from .conftest import REPO
-from .test_teacher_weights import fill_hub_cache
+from tests.conftest import REPO
+from tests.weights.test_teacher_weights import fill_hub_cache
 
 RECIPES = sorted(REPO.glob("recipes/*_sit_*_in256.yaml"))
 DINOV2_B_HUB = ("timm/vit_base_patch14_dinov2.lvd142m", "model.safetensors")

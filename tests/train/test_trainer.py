@@ -17,8 +17,7 @@ from haste_core.errors import CheckpointError, HasteError, RunFolderError
 from haste_core.train import run_folder
 from haste_core.train.trainer import Trainer
 from haste_core.weights import checkpoint
-
-from .conftest import TINY_RECIPE, run_module
+from tests.conftest import TINY_RECIPE, run_module
 
 CPU = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -177,11 +176,13 @@ class MetricsSpy:
 
     def __init__(self) -> None:
         self.logged: list[dict[str, float]] = []
+        self.steps: list[int] = []  # the step of each logged dict
 
     @hookimpl
     def haste_step_end(self, step: int, metrics: dict[str, float]) -> None:
         if metrics:
             self.logged.append(metrics)
+            self.steps.append(step)
 
 
 def test_training_lowers_the_denoising_loss(tiny, plugins):

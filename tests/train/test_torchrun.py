@@ -9,7 +9,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import TINY_RECIPE, run_module
+from tests.conftest import TINY_RECIPE, run_module
 
 DOCUMENTED_TAGS = {
     "loss/total", "loss/denoise", "align/repa", "align/attention", "align/active", "optim/lr", "optim/grad_norm",

@@ -8,8 +8,7 @@ import re
 import pytest
 
 from haste_core import hookspecs
-
-from .conftest import REPO
+from tests.conftest import REPO
 
 DOCS = (REPO / "docs" / "plugin_hooks.md").read_text()
 HOOKS = [fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("haste_")]

@@ -8,7 +8,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import TINY_RECIPE, run_module
+from tests.conftest import TINY_RECIPE, run_module
 
 
 @pytest.mark.slow

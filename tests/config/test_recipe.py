@@ -11,8 +11,7 @@ import yaml
 from haste_core.config.recipe import load_recipe, validate
 from haste_core.errors import HasteError, PluginError, RecipeError, RunFolderError
 from haste_core.train.run_folder import resume_source
-
-from .conftest import REPO, TINY_RECIPE, run_module
+from tests.conftest import REPO, TINY_RECIPE, run_module
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from haste_students.mmdit import MMDiT, MMDiTArch
@@ -16,10 +14,11 @@ from haste_core.interfaces import Capture, DataSpec
 from haste_core.ops import attention_logits
 from haste_core.testing import _scramble, example_cond
 from haste_core.train.trainer import Trainer
+from tests.conftest import REPO
 
 TEXT = DataSpec(x_shape=(4, 8, 8), image_shape=(3, 8, 8), num_classes=0, num_items=8, text_len=6, text_dim=10,
                 pooled_dim=5)  # fmt: skip
-T2I_RECIPE = Path(__file__).parent / "data" / "tiny_t2i.yaml"
+T2I_RECIPE = REPO / "tests" / "fixtures" / "tiny_t2i.yaml"
 
 
 def mmdit(config: MMDiT.Config, arch: MMDiTArch, data: DataSpec) -> MMDiT:

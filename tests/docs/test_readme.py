@@ -11,8 +11,7 @@ from haste_core import distributed
 from haste_core.config.recipe import load_recipe
 from haste_core.testing import check_termination
 from haste_core.train.trainer import Trainer
-
-from .conftest import REPO, TINY_RECIPE
+from tests.conftest import REPO, TINY_RECIPE
 
 README = (REPO / "README.md").read_text()
 

@@ -19,8 +19,7 @@ from haste_core.errors import HasteError, RecipeError
 from haste_core.interfaces import PolicyContext
 from haste_core.train import probe
 from haste_core.train.phase import PhasePlan
-
-from .conftest import TINY_RECIPE
+from tests.conftest import TINY_RECIPE
 
 
 def first_firing(policy, metrics_at, steps: int = 200) -> int | None:

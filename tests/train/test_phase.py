@@ -8,8 +8,7 @@ from haste_termination.never import Never
 
 from haste_core.config.recipe import validate
 from haste_core.train.phase import PhasePlan
-
-from .conftest import TINY_RECIPE
+from tests.conftest import TINY_RECIPE
 
 
 def test_fixed_step_fires_at_its_step_and_not_before():

@@ -11,8 +11,7 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
 from haste_core.errors import HasteError, RecipeError
-
-from .test_teachers import build, images
+from tests.plugins.test_teachers import build, images
 
 FAST_S = 5.0  # the bound for failing without weights
 EVERYTHING = (frozenset({-1, 0, 5}), frozenset({2, 11}))

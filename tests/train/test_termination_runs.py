@@ -9,7 +9,7 @@ import torch
 from haste_data.digits import Digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .test_train import MetricsSpy, assert_same_training_state, trainer_for
+from tests.train.test_trainer import MetricsSpy, assert_same_training_state, trainer_for
 
 WATCH_ALL = (
     "termination.watch=[{name: plateau, metric: loss/denoise, window: 2, tolerance: 1.0}, "
