@@ -19,7 +19,7 @@ def _squash(text: str) -> str:
 
 
 def test_every_hook_is_a_spec_with_a_docstring():
-    assert len(HOOKS) == 14
+    assert {"haste_register_students", "haste_step_end", "haste_resolve_weights"} <= {hook.__name__ for hook in HOOKS}
     for hook in HOOKS:
         assert hasattr(hook, "haste_spec"), f"{hook.__name__} is not marked @hookspec"
         assert inspect.getdoc(hook), f"{hook.__name__} has no docstring"
