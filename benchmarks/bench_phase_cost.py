@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUIET = ["run.log_every=1000000", "run.checkpoint_every=0", "run.sample_every=0", "run.max_steps=1000000"]
 TARGET_RATIO = 1.03  # issue 5: Phase II may cost at most 3 % more than vanilla
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-# SiT-B/2 on 256 tokens, aligned as HASTE aligns SiT-B (haste_spec.md §3.4-3.5; digits_vit stands in for DINOv2:
+# SiT-B/2 on 256 tokens, aligned as HASTE aligns SiT-B (digits_vit stands in for DINOv2:
 # 4 blocks, 4 heads, resampled to the student's 16×16 grid, random weights since only the cost matters here).
 BIG_VANILLA = {
     "run": {"name": "big_vanilla", "max_steps": 1000000, "log_every": 1000000, "checkpoint_every": 0},

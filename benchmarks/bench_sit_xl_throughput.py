@@ -4,7 +4,7 @@
 
 Two trainers on one GPU, built from recipes written here: ``vanilla`` (SiT-XL/2, flow objective, no teacher) and
 ``haste`` held in Phase I (DINOv2-B/14 teacher, REPA projection of block 7 and attention distillation of blocks
-4..7 from teacher blocks 8..11, first 12 heads: the paper's setting, haste_spec.md §3.4-3.5). Data are random
+4..7 from teacher blocks 8..11, first 12 heads: the paper's setting). Data are random
 4×32×32 latents with random 256-px images (``--batch`` per step, drawn once), so only the model work is timed;
 the teacher has random weights (``weights: none``), which costs exactly what the real ones cost. The trainers take
 turns, ``--steps`` optimiser steps each per round. Reported: median images/s of each and haste / vanilla.
@@ -32,7 +32,7 @@ from haste_core.train.trainer import Trainer
 
 DATA = Path(__file__).resolve().parent / "synthetic_latents.py"  # random 4×32×32 latents: 256 tokens for SiT-XL/2
 IMAGE_SHAPE = [3, 256, 256]  # what DINOv2 reads (resized to 224 px, a 16×16 grid)
-# HASTE on SiT-XL/2 (haste_spec.md §3.4-3.6): REPA on block 7, attention pairs (4..7 ← 8..11), λ = 0.5 each
+# HASTE on SiT-XL/2: REPA on block 7, attention pairs (4..7 ← 8..11), λ = 0.5 each
 HASTE = {
     "teacher": {"name": "dinov2_vitb14", "weights": "none"},
     "alignment": [

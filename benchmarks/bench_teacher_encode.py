@@ -6,7 +6,7 @@ Four ways of encoding the same uint8 256 px batch (resized to 224 px, a 16×16 g
 in every round so that machine noise hits all alike (random weights, ``weights: none``: only cost matters):
 
 * ``reference``  all 12 blocks with explicit (non-fused) attention and all 12 attention maps returned: what the
-  HASTE reference's patched DINOv2 computes every step (haste_spec.md §2.1, §7 B4);
+  HASTE reference's patched DINOv2 computes every step;
 * ``all maps``   all 12 blocks fused, all 12 maps captured by hooks;
 * ``haste``      what the paper recipe asks: final tokens (block -1) and the maps of blocks 8-11;
 * ``repa``       final tokens only.

@@ -78,7 +78,7 @@ class SamplingConfig:
     steps: int = 50
     cfg_scale: float = 1.0  # classifier-free guidance; 1 disables it
     guidance_low: float = 0.0  # guidance only for t in [guidance_low, guidance_high] (t = 1 is noise)
-    guidance_high: float = 1.0  # REPA best: 0.7, HASTE best: 0.72 (haste_spec.md §5.6)
+    guidance_high: float = 1.0  # REPA best: 0.7, HASTE best: 0.72
     num_images: int = 64  # images per grid; class i % num_classes for image i
     seed: int = 0  # the same noise at every grid, so grids are comparable over training
 

@@ -39,7 +39,7 @@ RECORDS = "shards"  # DST/shards/00000.json: count and checksums of a finished s
 
 
 def adm_center_crop(image: Image.Image, resolution: int) -> np.ndarray:
-    """ADM's centre crop as uint8 H×W×3 (guided-diffusion ``center_crop_arr``; haste_spec.md §4.7)."""
+    """ADM's centre crop as uint8 H×W×3 (guided-diffusion ``center_crop_arr``)."""
     image = image.convert("RGB")
     while min(image.size) >= 2 * resolution:
         image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)

@@ -2,8 +2,8 @@
 
 For each caption: the token states after the final layer norm (L×D, L = the model's context length, 77 for CLIP),
 a mask that is True for real tokens (start token to end-of-text token, inclusive) and the pooled, projected
-caption vector (P). This matches what U-ViT/REPA feed MMDiT (CLIP ViT-L/14 last hidden state, 77×768;
-haste_spec.md §1.8, §4.8), here from open_clip's OpenAI ViT-L-14 weights.
+caption vector (P). This matches what U-ViT/REPA feed MMDiT (CLIP ViT-L/14 last hidden state, 77×768),
+here from open_clip's OpenAI ViT-L-14 weights.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from torch import Tensor
 from haste_core.errors import HasteError
 from haste_core.weights.cache import hub_offline
 
-DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"  # REPA/HASTE training VAE (haste_spec.md §4.7)
-SD_VAE_SCALE = 0.18215  # SD-VAE latent scale (haste_spec.md §4.7)
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"  # REPA/HASTE training VAE
+SD_VAE_SCALE = 0.18215  # SD-VAE latent scale
 
 
 def load_vae(name_or_path: str = DEFAULT_VAE, device: torch.device | str = "cpu") -> Any:

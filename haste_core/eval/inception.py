@@ -1,6 +1,6 @@
 """The Inception-v3 feature network of FID, sFID, Inception Score and precision/recall.
 
-Paper-comparable numbers (ADM suite, REPA, HASTE, haste_spec.md §5.5) come from the TensorFlow Inception graph
+Paper-comparable numbers (ADM suite, REPA, HASTE) come from the TensorFlow Inception graph
 of 2015-12-05. Its PyTorch port is pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (the file whose
 SHA-256 starts with 6726825d, at ``FID_WEIGHTS_URL``); with those weights this module reproduces the TF
 features up to the input resize (TF resizes inside the graph; here 299×299 bilinear, as pytorch-fid does), a

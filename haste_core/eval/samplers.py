@@ -1,9 +1,9 @@
 """Sampling from a student: the Euler and Heun ODE samplers and the Euler–Maruyama SDE sampler.
 
 The ODE samplers integrate the probability-flow ODE dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data) on the
-uniform grid t_i = 1 − i/steps (haste_spec.md §5.1), the SDE sampler the reverse SDE on REPA's grid (§5.2); the
+uniform grid t_i = 1 − i/steps, the SDE sampler the reverse SDE on REPA's grid; the
 objective turns the student's prediction into v. With guidance s ≠ 1 the velocity is v_u + s·(v_c − v_u), computed
-in one doubled batch, only at times inside the guidance interval [low, high] (§5.3).
+in one doubled batch, only at times inside the guidance interval [low, high].
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def with_and_without_cond(student: Student, x: Tensor, t: Tensor, cond: Any) -> 
 
 Interval = tuple[float, float]
 FULL_INTERVAL: Interval = (0.0, 1.0)
-SDE_LAST_TIME = 0.04  # Euler–Maruyama grid ends at t = 0.04, then one noiseless step to 0 (haste_spec.md §5.2)
+SDE_LAST_TIME = 0.04  # Euler–Maruyama grid ends at t = 0.04, then one noiseless step to 0
 PATH_SEED_OFFSET = 1 << 40  # the sampler's own noise is seeded apart from the starting noise of the same seed
 Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per row
 
@@ -63,8 +63,8 @@ def gaussian(like: Tensor, generator: Generators) -> Tensor:
 def _velocity(
     student: Student, objective: Objective, x: Tensor, time: float, cond: Any, cfg_scale: float, interval: Interval
 ) -> Tensor:
-    """Velocity at the scalar time ``time`` for a float64 state ``x``; guidance only when low ≤ time ≤ high
-    (haste_spec.md §5.3). The student sees x in ``dtype``; the result is float64."""
+    """Velocity at the scalar time ``time`` for a float64 state ``x``; guidance only when low ≤ time ≤ high.
+    The student sees x in ``dtype``; the result is float64."""
     low, high = interval
     scale = cfg_scale if low <= time <= high else 1.0
     x_model = x.to(_model_dtype(x))
@@ -93,7 +93,7 @@ def euler_sample(
     interval: Interval = FULL_INTERVAL,
     heun: bool = False,
 ) -> Tensor:
-    """Integrate dx/dt = v from ``noise`` at t = 1 to t = 0 on t_i = 1 − i/steps (haste_spec.md §5.1).
+    """Integrate dx/dt = v from ``noise`` at t = 1 to t = 0 on t_i = 1 − i/steps.
 
     Euler: x ← x + Δt·v(x, t_i). Heun (``heun=True``): a second evaluation at t_{i+1} and the averaged slope,
     on every step but the last (which ends at t = 0). Returns x at t = 0 in the noise's dtype."""
@@ -121,7 +121,7 @@ def sde_sample(
     interval: Interval = FULL_INTERVAL,
     generator: Generators = None,
 ) -> Tensor:
-    """Euler–Maruyama on the reverse SDE (haste_spec.md §5.2): grid linspace(1, 0.04, steps) then 0.
+    """Euler–Maruyama on the reverse SDE: grid linspace(1, 0.04, steps) then 0.
 
     The score comes from the velocity: with x = αx₀ + σε and v = α̇x₀ + σ̇ε, ε = (αv − α̇x)/(ασ̇ − α̇σ) and
     s = −ε/σ (for the linear path s = ((t−1)v − x)/t). Diffusion w(t) = 2t, drift d = v − ½·w·s, and

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from haste_alignment.attention_loss import DEFAULT_CHUNK_ELEMENTS, AttentionLoss, attention_loss, attention_loss_naive
+from haste_alignment.attention_loss import DEFAULT_CHUNK_ELEMENTS, AttentionLoss, attention_loss
 from haste_core import (
     Alignment,
     Capture,
@@ -41,11 +41,6 @@ from haste_core import (
     TeacherSpec,
     hookimpl,
 )
-
-
-def attention_cross_entropy(student_logits_BHNN: Tensor, teacher_logits_BHNN: Tensor) -> Tensor:
-    """Mean over (B, H, queries) of −Σ_keys softmax(teacher)·log_softmax(student), in fp32 (plain autograd)."""
-    return attention_loss_naive(student_logits_BHNN, teacher_logits_BHNN).loss
 
 
 def initial_mixing(student_heads: int, teacher_heads: int) -> Tensor:

@@ -2,7 +2,7 @@
 
 Each query row of a B×H×Nq×N logit tensor is a distribution over N keys. Per row, with P = softmax(teacher/τ) and
 Q = softmax(student/τ), the cross-entropy is −Σ_k P_k·log Q_k and the KL divergence is that minus the teacher's
-entropy; both have the gradient (Q − P)/τ with respect to the student's logits (haste_spec.md §3.4).
+entropy; both have the gradient (Q − P)/τ with respect to the student's logits.
 
 ``attention_loss`` never holds more than one chunk of fp32 temporaries: its forward keeps only the inputs, and
 its backward recomputes Q and P chunk by chunk and writes the gradient straight into a tensor shaped like the

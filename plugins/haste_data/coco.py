@@ -5,7 +5,7 @@ sees every caption once (with ``flip: true``, a second pass with mirrored images
 ``cond`` is ``{"text": float L×D, "text_mask": bool L, "pooled": float P}`` (the layout under
 ``haste_core.interfaces.Dataset``); ``x``/``x_std``/``image`` are as in ``latents``. The empty caption's
 embedding that preparation computed is ``null_caption()`` (the student learns its own null caption for
-guidance; this one is kept for students that want the reference behaviour of REPA/HASTE, haste_spec.md §1.8).
+guidance; this one is kept for students that want the reference behaviour of REPA/HASTE).
 Sample grids show the first n images' first captions (``sample_conds``).
 """
 

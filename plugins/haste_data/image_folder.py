@@ -1,7 +1,7 @@
 """``image_folder``: pixel-space training on a folder of class folders, decoded and cropped on the fly.
 
 ``path`` holds one folder per class (class ids follow the sorted folder names, as in ILSVRC2012 ``train/``).
-Items: ``image`` uint8 3×R×R (the ADM centre crop of haste_spec.md §4.7), ``x`` the same pixels in [-1, 1] and
+Items: ``image`` uint8 3×R×R (the ADM centre crop), ``x`` the same pixels in [-1, 1] and
 ``cond`` the class id. With ``flip: true`` the set has twice the items: index i + N is item i mirrored. A file
 that cannot be decoded fails with its name.
 """

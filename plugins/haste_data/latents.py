@@ -3,7 +3,7 @@
 Items: ``image`` uint8 3×R×R (for teachers; left out in Phase II), ``x`` the scaled posterior mean
 ``scale·mean + shift`` (C×h×w), ``x_std`` its scaled standard deviation and ``cond`` the class id. The posterior
 is sampled on the training device each step (``finish_batch``: x + x_std·ε, the global RNG that checkpoints
-restore), as REPA/HASTE do (haste_spec.md §4.7). With ``flip: true`` the set has twice the items: index
+restore), as REPA/HASTE do. With ``flip: true`` the set has twice the items: index
 i + N is item i flipped left-right with its own latents (a flipped latent is not the latent of a flipped image).
 """
 

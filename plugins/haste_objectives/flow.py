@@ -1,7 +1,7 @@
 """Flow matching with velocity prediction (SiT, REPA, HASTE): linear or cosine interpolants.
 
-x_t = α_t·x0 + σ_t·ε with t = 0 data and t = 1 noise; the target is the velocity v* = α̇_t·x0 + σ̇_t·ε
-(haste_spec.md §3.1). Time is sampled uniformly, or log-normally (s = exp(n), n ~ N(mean, std), mapped to
+x_t = α_t·x0 + σ_t·ε with t = 0 data and t = 1 noise; the target is the velocity v* = α̇_t·x0 + σ̇_t·ε.
+Time is sampled uniformly, or log-normally (s = exp(n), n ~ N(mean, std), mapped to
 t = s/(1+s) on the linear path and t = (2/π)·atan(s) on the cosine path).
 """
 

@@ -209,7 +209,7 @@ def unpatchify(x_BNK: Tensor, patch_size: int, channels: int) -> Tensor:
 
 
 def init_dit_weights(model: nn.Module) -> None:
-    """DiT/SiT initialisation (haste_spec.md §1.7): Xavier Linears with zero bias, N(0, 0.02) embeddings,
+    """DiT/SiT initialisation: Xavier Linears with zero bias, N(0, 0.02) embeddings,
     Xavier patch conv on its [D, P·P·C] view, and zeros for every adaLN output and the final projection, so
     that every block starts as the identity and the network's output is 0."""
     for module in model.modules():

@@ -38,7 +38,7 @@ class SiTArch:
     patch_size: int
 
 
-# (depth, width, heads) and patch sizes of the SiT/DiT papers (haste_spec.md §1.1)
+# (depth, width, heads) and patch sizes of the SiT/DiT papers
 PUBLISHED_SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
 PUBLISHED_PATCHES = (2, 4, 8)
 # ours, small enough to train on a CPU (the digits demo uses sit_micro_2)

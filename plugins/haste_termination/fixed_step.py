@@ -1,4 +1,4 @@
-"""``fixed_step``: HASTE's stage-wise termination at a fixed optimiser step (haste_spec.md §3.6).
+"""``fixed_step``: HASTE's stage-wise termination at a fixed optimiser step.
 
 ``step: S`` means the first S optimiser steps are aligned and step S+1 is the first denoising-only step
 (HASTE's SiT-XL/2 run: 250,000).

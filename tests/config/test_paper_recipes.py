@@ -18,7 +18,7 @@ from tests.weights.test_teacher_weights import fill_hub_cache
 
 RECIPES = sorted(REPO.glob("recipes/*_sit_*_in256.yaml"))
 DINOV2_B_HUB = ("timm/vit_base_patch14_dinov2.lvd142m", "model.safetensors")
-SD_VAE = "stabilityai/sd-vae-ft-mse"  # the latents' default preview VAE (haste_spec.md §4.7)
+SD_VAE = "stabilityai/sd-vae-ft-mse"  # the latents' default preview VAE
 
 
 def test_every_method_and_size_has_a_recipe():
@@ -60,7 +60,7 @@ def test_the_haste_paper_recipe_is_the_paper_setting():
     student_logits = torch.randn(1, 16, 4, 4)
     built = attention.entry.build(attention.config, student=recipe.student_spec, teacher=teacher)
     assert torch.equal(built.map_heads(student_logits), student_logits[:, :12])
-    # haste_spec.md §4.1, §4.6, §5.6: the rest of the reference's training and sampling settings
+    # the rest of the reference's training and sampling settings
     opt = recipe.optimizer
     settings = (opt.name, opt.lr, opt.betas, opt.eps, opt.weight_decay, opt.grad_clip, opt.warmup_steps)
     assert settings == ("adamw", 1e-4, (0.9, 0.999), 1e-8, 0.0, 1.0, 0)

@@ -7,7 +7,8 @@ import re
 
 import pytest
 import torch
-from haste_alignment.attention import AttentionDistillation, attention_cross_entropy
+from haste_alignment.attention import AttentionDistillation
+from haste_alignment.attention_loss import attention_loss_naive
 from haste_alignment.repa import REPA
 from torch import nn
 
@@ -16,6 +17,11 @@ from haste_core.interfaces import Capture, StudentOutput, StudentSpec, TeacherOu
 
 STUDENT = StudentSpec(name="sit_b_2", depth=12, hidden_size=32, num_heads=12, grid=4)
 TEACHER = TeacherSpec(name="dinov2_vitb14", depth=12, embed_dim=32, num_heads=12, grid=4)
+
+
+def attention_cross_entropy(student_logits_BHNN: torch.Tensor, teacher_logits_BHNN: torch.Tensor) -> torch.Tensor:
+    """Mean over (B, H, queries) of -sum_keys softmax(teacher) log_softmax(student), by plain autograd."""
+    return attention_loss_naive(student_logits_BHNN, teacher_logits_BHNN).loss
 
 
 def repa(**config) -> REPA:

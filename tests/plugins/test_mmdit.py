@@ -45,7 +45,7 @@ def test_sizes_follow_the_reference_rule_and_d24_has_its_parameter_count():
         model = mmdit(MMDiT.Config(), MMDiTArch(depth=24), d24)
     assert (model.hidden_size, model.num_heads, model.grid) == (768, 24, 16)
     count = sum(p.numel() for p in model.parameters()) + model.pos_embed.numel()
-    assert abs(count - 505.3e6) / 505.3e6 < 0.005  # haste_spec.md §1.8: ≈505 M without the projector
+    assert abs(count - 505.3e6) / 505.3e6 < 0.005  # ≈505 M without the projector
     assert not hasattr(model.blocks[-1].context, "mlp")  # last block: the text stream is pre-only
 
 

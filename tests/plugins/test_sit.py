@@ -20,7 +20,7 @@ def build(name: str, plugins, data: DataSpec = IMAGENET_LATENTS, **config):
 
 @pytest.mark.parametrize(
     ("name", "millions"),
-    [("sit_s_2", 33.0), ("sit_b_2", 130.5), ("sit_l_2", 458.1), ("sit_xl_2", 675.1)],  # haste_spec.md §1.1
+    [("sit_s_2", 33.0), ("sit_b_2", 130.5), ("sit_l_2", 458.1), ("sit_xl_2", 675.1)],
 )
 def test_parameter_counts_match_the_papers(name, millions, plugins):
     with torch.device("meta"):

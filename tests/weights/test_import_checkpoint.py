@@ -111,7 +111,7 @@ def test_official_dit_state_dict_with_learned_sigma_loads_exactly(tmp_path, plug
 
 def published_shapes(depth: int, width: int, patch: int, out_channels: int) -> dict[str, tuple[int, ...]]:
     """Shapes of REPA's SiT / official DiT state dicts at 256 px (4×32×32 latents, 1000 classes + the null row),
-    written out from their module definitions (haste_spec.md §1.1-1.3), independently of our code."""
+    written out from their module definitions, independently of our code."""
     tokens, channels = (32 // patch) ** 2, 4
     linear = {"attn.qkv": (3 * width, width), "attn.proj": (width, width), "mlp.fc1": (4 * width, width),
               "mlp.fc2": (width, 4 * width), "adaLN_modulation.1": (6 * width, width)}  # fmt: skip
