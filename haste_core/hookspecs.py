@@ -1,6 +1,6 @@
 """Every hook a haste plugin can implement.
 
-The same text, with an example per hook, is in ``docs/plugin_hooks.md``; ``tests/test_hook_docs.py`` fails when
+The same text, with an example per hook, is in ``docs/plugin_hooks.md``; ``tests/api/test_hook_docs.py`` fails when
 the two drift apart. Registration hooks fill name-keyed registries; lifecycle hooks observe a run and return
 None; ``haste_resolve_weights`` answers a single question.
 """

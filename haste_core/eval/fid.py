@@ -7,7 +7,7 @@ there are fewer samples than feature dimensions: it returns complex values or a 
 tr((Σ₁Σ₂)^½) = Σᵢ √λᵢ(Σ₁^½ Σ₂ Σ₁^½), where Σ₁^½ Σ₂ Σ₁^½ is symmetric positive semi-definite, so its eigenvalues are
 real. Eigenvalues below max|λ|·n·ε (float64 round-off, not signal) are set to 0 before the square roots: the
 square root of a round-off eigenvalue of 1e-14 would otherwise add 1e-7 per dimension, which is how the
-``sqrtm`` route loses accuracy on rank-deficient covariances (tests/test_metrics.py). Everything runs in float64.
+``sqrtm`` route loses accuracy on rank-deficient covariances (tests/eval/test_scores.py). Everything runs in float64.
 """
 
 from __future__ import annotations
