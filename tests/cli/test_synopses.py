@@ -16,7 +16,9 @@ from haste_core.cli import main as haste
 from tests.conftest import REPO
 
 SOURCES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "recipes").glob("*.yaml"))]
-COMMAND = re.compile(r"(?:torchrun\s|haste\s+(?:" + "|".join(VERBS) + r")\b)")
+# a command line: optional environment settings, then torchrun or a haste verb ("[torchrun ...]" is caught too: it
+# does not run as written)
+COMMAND = re.compile(r"^(?:\w+=\S*\s+)*\[?(?:torchrun\s|haste\s+(?:" + "|".join(VERBS) + r")\b)")
 RUNNABLE_HERE = {"check", "recipes", "plugins"}  # and run/prefetch with --check
 
 
@@ -43,7 +45,7 @@ def command_lines(path: Path) -> list[str]:
     for line in lines:
         line = re.sub(r"^\$\s+", "", line)
         line = re.sub(r"\s+#\s.*$", "", line)  # a trailing comment
-        if COMMAND.search(line) and not line.startswith(("[haste]", "#")):
+        if COMMAND.match(line):
             commands.append(line)
     return commands
 
