@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -18,7 +19,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from haste_core.errors import HasteError
+from haste_core.errors import HasteError, Preempted
+
+EXIT_PREEMPTED = 75  # BSD EX_TEMPFAIL: stopped by a signal after saving; run again (or requeue) to resume
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,9 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Pick the device and, when torchrun started several processes, create the process group."""
+def setup(device: str = "auto", timeout: timedelta | None = None) -> DistEnv:
+    """Pick the device and, when torchrun started several processes, create the process group (its collectives
+    give up after ``timeout``; None: torch's default)."""
     rank, world_size = env_rank(), env_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -54,9 +58,9 @@ def setup(device: str = "auto") -> DistEnv:
         chosen = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         if use_cuda:  # binding the device lets NCCL connect eagerly and barriers know their GPU
-            dist.init_process_group(backend="nccl", device_id=chosen)
+            dist.init_process_group(backend="nccl", device_id=chosen, timeout=timeout)
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", timeout=timeout)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
 
@@ -65,15 +69,20 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def run_command(device: str, work: Callable[[DistEnv], object]) -> int:
+def run_command(device: str, work: Callable[[DistEnv], object], timeout: timedelta | None = None) -> int:
     """A command-line entry's exit status: ``work(env)`` inside the process group, 0 when it succeeds; a
-    ``HasteError`` prints ``error: ...`` (no traceback) and gives 2. The group is shut down either way."""
-    env = setup(device)
+    ``HasteError`` prints ``error: ...`` (no traceback) and gives 2; a run stopped by a signal after saving
+    (``Preempted``) prints why and gives 75. The group is shut down either way."""
+    env = setup(device, timeout)
     try:
         work(env)
     except HasteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Preempted as exc:
+        if env.is_main:
+            print(f"[haste] {exc} (exit status {EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
     finally:
         shutdown()
     return 0

@@ -27,11 +27,15 @@ def run(args: argparse.Namespace) -> int:
     from haste_core.config.recipe import load_recipe
     from haste_core.errors import HasteError
     from haste_core.train import run_folder
+    from haste_core.train.lock import RunLock
 
     setup_logging()
     check = args.verb == "check" or getattr(args, "check", False)
+    lock = None
     try:
         recipe, plugins = load_recipe(args.recipe, args.overrides)
+        if not check and distributed.env_rank() == 0:  # held until this process ends: one run per folder
+            lock = RunLock.acquire(recipe.run_dir)
         resume_from = run_folder.resume_source(recipe)
     except HasteError as exc:
         return report(exc)
@@ -53,12 +57,18 @@ def run(args: argparse.Namespace) -> int:
     from haste_core.train.trainer import Trainer  # imported late: a check never pays for it
 
     def train(env: distributed.DistEnv) -> None:
+        source = distributed.broadcast_object(resume_from)  # rank 0 decided under the lock; every rank follows it
+        trainer = Trainer(recipe, plugins, env, resume_from=source)  # what can fail fails before anything is written
         if env.is_main:
             run_folder.write_recipe(recipe)
         distributed.barrier()
-        Trainer(recipe, plugins, env, resume_from=resume_from).fit()
+        trainer.fit()
 
-    return distributed.run_command(recipe.run.device, train)
+    try:
+        return distributed.run_command(recipe.run.device, train, recipe.run.collective_timeout)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def summary(recipe: Any) -> str:

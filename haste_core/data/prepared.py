@@ -120,6 +120,21 @@ class ShardedField:
             self._arrays[shard] = array
         return array
 
+    def check_labels(self, num_classes: int) -> None:
+        """Every label is a class of the manifest (0..num_classes-1): a label equal to ``num_classes`` would
+        otherwise train silently as the null class of classifier-free guidance."""
+        for shard in range(len(self.counts)):
+            labels = np.asarray(self._open(shard))
+            bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+            if bad.size:
+                first = int(bad[0])
+                raise HasteError(
+                    f"{shard_file(self.root, self.field, shard)}: item {int(self.starts[shard]) + first} (row {first} "
+                    f"of that file) has label {int(labels[first])}, and {bad.size} label(s) there are out of range; "
+                    f"valid labels are 0..{num_classes - 1} ({self.root / MANIFEST} says num_classes "
+                    f"{num_classes}). Fix that file, or prepare the folder again."
+                )
+
     def __getitem__(self, index: int) -> np.ndarray:
         shard = int(np.searchsorted(self.starts, index, side="right")) - 1
         return np.asarray(self._open(shard)[index - self.starts[shard]])

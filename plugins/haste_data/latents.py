@@ -159,6 +159,8 @@ class Latents(OpenedDataset):
         for field in (self.images, self.latents, self.latents_flip, self.labels):
             if field is not None:
                 field.check()
+        if self.labels is not None:
+            self.labels.check_labels(manifest["num_classes"])
         self.base_items = manifest["num_items"]
         self._vae: Any = None
         if config.preview == "vae":

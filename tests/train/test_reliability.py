@@ -1,0 +1,170 @@
+"""Reliability: what a run survives, each promise of docs/reliability.md tried with real processes on the CPU.
+
+Hard kills (kill -9) right after a checkpoint write, between checkpoints and across the termination step resume
+bit-identical to an uninterrupted run, also under a 2-process torchrun; SIGTERM, SIGINT and SIGUSR1 save and exit
+with status 75, a second signal exits at once; a second command on a live run folder, and two commands started at
+the same moment, leave one run and a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from haste_core.weights import checkpoint
+from tests.conftest import REPO, TINY_RECIPE
+from tests.train.test_trainer import trainer_for
+
+INTERRUPT = REPO / "tests" / "fixtures" / "interrupt.py"
+EXIT_PREEMPTED = 75
+
+
+def haste_run(out: Path, *overrides: str, interrupt: str = "", torchrun: bool = False) -> list[str]:
+    """The command line of a tiny run in ``out`` with the interrupting plugin loaded (idle unless told)."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else []
+    return [
+        sys.executable, *launcher, "-m", "haste_core.run", str(TINY_RECIPE), f"run.output_dir={out}",
+        f"plugins=[{INTERRUPT}]", "run.checkpoint_every=1", "run.keep_checkpoints=0", *overrides,
+    ]  # fmt: skip
+
+
+def run(command: list[str], interrupt: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HASTE_TEST_INTERRUPT": interrupt, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+
+
+def final_state(run_dir: Path) -> dict:
+    return checkpoint.load(checkpoint.latest_path(run_dir))
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bit-identical training state: weights, EMA, optimiser moments, data position, phase, step."""
+    assert a["step"] == b["step"] and a["data"] == b["data"] and a["phase"] == b["phase"]
+    for key in ("student", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), (key, name)
+    moments_a, moments_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert moments_a.keys() == moments_b.keys()
+    for index, moments in moments_a.items():
+        for name, tensor in moments.items():
+            assert torch.equal(tensor, moments_b[index][name]), (index, name)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted 8-step tiny run (termination at step 4), as a subprocess like the interrupted ones."""
+    out = tmp_path_factory.mktemp("straight")
+    result = run(haste_run(out))
+    assert result.returncode == 0, result.stderr
+    return out / "tiny"
+
+
+@pytest.mark.parametrize(
+    "interrupt",
+    ["checkpoint_saved:3:KILL", "step_end:6:KILL", "step_end:4:KILL", "checkpoint_saved:4:KILL"],
+    ids=["after-a-write", "between-writes", "at-the-termination-step", "right-after-termination"],
+)
+def test_kill_9_then_resume_is_bit_identical(straight, tmp_path, interrupt):
+    command = haste_run(tmp_path)
+    killed = run(command, interrupt)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (tmp_path / "tiny" / "checkpoints" / ".step_00000009.pt.1234.tmp").write_bytes(b"half a checkpoint")
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step" in resumed.stderr
+    assert_same_state(final_state(straight), final_state(tmp_path / "tiny"))
+
+
+@pytest.mark.parametrize("name", ["TERM", "INT", "USR1"])
+def test_a_stop_signal_saves_and_exits_with_status_75(straight, tmp_path, name):
+    command = haste_run(tmp_path, "run.checkpoint_every=0")  # no regular checkpoint: the signal's is the only one
+    stopped = run(command, f"step_end:5:{name}")
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr
+    saved = tmp_path / "tiny" / "checkpoints" / "step_00000005.pt"
+    assert f"SIG{name}: stopped after step 5 of 8 and saved {saved}" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and "step 6/8" not in stopped.stderr
+    assert [p.name for p in checkpoint.step_files(tmp_path / "tiny")] == ["step_00000005.pt"]
+    if name == "TERM":  # resuming from the signal's checkpoint gives the uninterrupted run, bit for bit
+        resumed = run(command)
+        assert resumed.returncode == 0, resumed.stderr
+        assert_same_state(final_state(straight), final_state(tmp_path / "tiny"))
+
+
+def test_a_second_signal_exits_at_once_without_saving(tmp_path):
+    stopped = run(haste_run(tmp_path, "run.checkpoint_every=0"), "step_end:5:TERM::2")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    assert "second stop signal (SIGTERM): exiting now, without saving" in stopped.stderr
+    assert checkpoint.step_files(tmp_path / "tiny") == []
+
+
+def test_a_signal_from_outside_stops_a_live_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = haste_run(tmp_path, "run.max_steps=100000", "run.checkpoint_every=0", "run.log_every=1")
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) as process:
+        for line in process.stderr:
+            if line.startswith("[haste] step 2/"):
+                break
+        process.send_signal(signal.SIGTERM)
+        rest = process.stderr.read()
+        assert process.wait(timeout=120) == EXIT_PREEMPTED, rest
+    step = int(re.search(r"stopped after step (\d+) of 100000", rest).group(1))
+    assert [p.name for p in checkpoint.step_files(tmp_path / "tiny")] == [f"step_{step:08d}.pt"]
+
+
+def test_a_second_command_on_a_live_run_folder_is_refused(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = haste_run(tmp_path, "run.max_steps=100000", "run.checkpoint_every=2", "run.log_every=1")
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) as first:
+        for line in first.stderr:
+            if line.startswith("[haste] step 3/"):
+                break
+        second = run(command)  # resubmitted by hand while the first still trains
+        first.send_signal(signal.SIGTERM)
+        first.stderr.read()
+        assert first.wait(timeout=120) == EXIT_PREEMPTED
+    assert second.returncode == 2
+    assert f"is in use by another haste run (pid {first.pid} on host " in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+def test_two_runs_started_at_the_same_moment_leave_one_resumable_run(tiny, plugins, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    commands = [haste_run(tmp_path, f"optimizer.lr={lr}", "run.max_steps=6") for lr in ("1e-3", "2e-3")]
+    processes = [subprocess.Popen(c, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) for c in commands]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    for process in processes:
+        process.stderr.close()
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [0, 2], outcomes
+    loser = next(text for code, text in outcomes if code == 2)
+    assert "is in use by another haste run" in loser or "already holds a different run" in loser
+    winner_lr = next(lr for (code, _), lr in zip(outcomes, (1e-3, 2e-3), strict=True) if code == 0)
+    run_dir = tmp_path / "tiny"
+    assert list((run_dir / "checkpoints").glob(".*.tmp")) == []
+    for path in checkpoint.step_files(run_dir):
+        assert checkpoint.load(path)["recipe"]["optimizer"]["lr"] == winner_lr
+    # the folder is one run: the winner's recipe resumes it
+    recipe = tiny(f"optimizer.lr={winner_lr}", f"plugins=[{INTERRUPT}]", "run.checkpoint_every=1",
+                  "run.keep_checkpoints=0", "run.max_steps=7")  # fmt: skip
+    resumed = trainer_for(recipe, plugins)
+    assert resumed.step == 6
+
+
+@pytest.mark.slow
+def test_kill_9_under_torchrun_then_resume_is_bit_identical(tmp_path):
+    straight = run(haste_run(tmp_path / "a", "run.max_steps=6", torchrun=True))
+    assert straight.returncode == 0, straight.stderr
+    command = haste_run(tmp_path / "b", "run.max_steps=6", torchrun=True)
+    killed = run(command, "step_end:5:KILL:1")  # rank 1 dies; torchrun ends rank 0
+    assert killed.returncode != 0
+    assert checkpoint.load(checkpoint.latest_path(tmp_path / "b" / "tiny"))["step"] == 4
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_state(final_state(tmp_path / "a" / "tiny"), final_state(tmp_path / "b" / "tiny"))
