@@ -26,7 +26,7 @@ INTERRUPT = REPO / "tests" / "fixtures" / "interrupt.py"
 EXIT_PREEMPTED = 75
 
 
-def haste_run(out: Path, *overrides: str, interrupt: str = "", torchrun: bool = False) -> list[str]:
+def haste_run(out: Path, *overrides: str, torchrun: bool = False) -> list[str]:
     """The command line of a tiny run in ``out`` with the interrupting plugin loaded (idle unless told)."""
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else []
     return [
@@ -58,43 +58,52 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    """The uninterrupted 8-step tiny run (termination at step 4), as a subprocess like the interrupted ones."""
+def straight(tmp_path_factory, plugins) -> Path:
+    """The uninterrupted 8-step tiny run (termination at step 4)."""
+    from haste_core.config.recipe import load_recipe
+
     out = tmp_path_factory.mktemp("straight")
-    result = run(haste_run(out))
-    assert result.returncode == 0, result.stderr
+    recipe = load_recipe(TINY_RECIPE, haste_run(out)[4:])[0]
+    trainer_for(recipe, plugins).fit()
     return out / "tiny"
 
 
-@pytest.mark.parametrize(
-    "interrupt",
-    ["checkpoint_saved:3:KILL", "step_end:6:KILL", "step_end:4:KILL", "checkpoint_saved:4:KILL"],
-    ids=["after-a-write", "between-writes", "at-the-termination-step", "right-after-termination"],
-)
-def test_kill_9_then_resume_is_bit_identical(straight, tmp_path, interrupt):
+def finish_in_process(out: Path, plugins, *overrides: str) -> None:
+    """Resume the run in ``out`` to its end, in this process."""
+    from haste_core.config.recipe import load_recipe
+
+    trainer = trainer_for(load_recipe(TINY_RECIPE, haste_run(out, *overrides)[4:])[0], plugins)
+    assert 0 < trainer.step < 8
+    trainer.fit()
+
+
+def test_kill_9_at_any_point_then_resume_is_bit_identical(straight, tmp_path, plugins):
     command = haste_run(tmp_path)
-    killed = run(command, interrupt)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    (tmp_path / "tiny" / "checkpoints" / ".step_00000009.pt.1234.tmp").write_bytes(b"half a checkpoint")
-    resumed = run(command)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming at step" in resumed.stderr
+    checkpoints = tmp_path / "tiny" / "checkpoints"
+    # right after writing step 3; at the termination step 4 (before its checkpoint); between two writes (step 6)
+    for interrupt, latest in [("checkpoint_saved:3:KILL", 3), ("step_end:4:KILL", 3), ("step_end:6:KILL", 5)]:
+        killed = run(command, interrupt)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert checkpoint.load(checkpoints / "latest.pt")["step"] == latest
+        (checkpoints / f".step_{latest + 1:08d}.pt.1234.tmp").write_bytes(b"half a checkpoint")  # a write cut short
+    assert "resuming at step 3" in killed.stderr
+    finish_in_process(tmp_path, plugins)  # from the Phase II checkpoint of step 5
     assert_same_state(final_state(straight), final_state(tmp_path / "tiny"))
 
 
-@pytest.mark.parametrize("name", ["TERM", "INT", "USR1"])
-def test_a_stop_signal_saves_and_exits_with_status_75(straight, tmp_path, name):
-    command = haste_run(tmp_path, "run.checkpoint_every=0")  # no regular checkpoint: the signal's is the only one
-    stopped = run(command, f"step_end:5:{name}")
-    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr
-    saved = tmp_path / "tiny" / "checkpoints" / "step_00000005.pt"
-    assert f"SIG{name}: stopped after step 5 of 8 and saved {saved}" in stopped.stderr
-    assert "Traceback" not in stopped.stderr and "step 6/8" not in stopped.stderr
-    assert [p.name for p in checkpoint.step_files(tmp_path / "tiny")] == ["step_00000005.pt"]
-    if name == "TERM":  # resuming from the signal's checkpoint gives the uninterrupted run, bit for bit
-        resumed = run(command)
-        assert resumed.returncode == 0, resumed.stderr
-        assert_same_state(final_state(straight), final_state(tmp_path / "tiny"))
+def test_stop_signals_save_exit_with_status_75_and_resume_bit_identical(straight, tmp_path, plugins):
+    command = haste_run(tmp_path, "run.checkpoint_every=0")  # no regular checkpoint: the signals' are the only ones
+    checkpoints = tmp_path / "tiny" / "checkpoints"
+    for name, step in [("TERM", 2), ("INT", 4), ("USR1", 6)]:  # INT at the termination step
+        stopped = run(command, f"step_end:{step}:{name}")
+        assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr
+        saved = checkpoints / f"step_{step:08d}.pt"
+        assert f"SIG{name}: stopped after step {step} of 8 and saved {saved}" in stopped.stderr
+        assert "(exit status 75)" in stopped.stderr
+        assert "Traceback" not in stopped.stderr and f"step {step + 1}/8" not in stopped.stderr
+        assert checkpoint.step_files(tmp_path / "tiny")[-1] == saved
+    finish_in_process(tmp_path, plugins, "run.checkpoint_every=0")
+    assert_same_state(final_state(straight), final_state(tmp_path / "tiny"))
 
 
 def test_a_second_signal_exits_at_once_without_saving(tmp_path):
@@ -104,34 +113,22 @@ def test_a_second_signal_exits_at_once_without_saving(tmp_path):
     assert checkpoint.step_files(tmp_path / "tiny") == []
 
 
-def test_a_signal_from_outside_stops_a_live_run(tmp_path):
+def test_a_second_command_on_a_live_run_is_refused_and_a_signal_from_outside_stops_it(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = haste_run(tmp_path, "run.max_steps=100000", "run.checkpoint_every=0", "run.log_every=1")
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) as process:
-        for line in process.stderr:
-            if line.startswith("[haste] step 2/"):
-                break
-        process.send_signal(signal.SIGTERM)
-        rest = process.stderr.read()
-        assert process.wait(timeout=120) == EXIT_PREEMPTED, rest
-    step = int(re.search(r"stopped after step (\d+) of 100000", rest).group(1))
-    assert [p.name for p in checkpoint.step_files(tmp_path / "tiny")] == [f"step_{step:08d}.pt"]
-
-
-def test_a_second_command_on_a_live_run_folder_is_refused(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = haste_run(tmp_path, "run.max_steps=100000", "run.checkpoint_every=2", "run.log_every=1")
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) as first:
         for line in first.stderr:
-            if line.startswith("[haste] step 3/"):
+            if line.startswith("[haste] step 2/"):
                 break
-        second = run(command)  # resubmitted by hand while the first still trains
+        second = run(command)  # the same command resubmitted while the first still trains
         first.send_signal(signal.SIGTERM)
-        first.stderr.read()
-        assert first.wait(timeout=120) == EXIT_PREEMPTED
+        rest = first.stderr.read()
+        assert first.wait(timeout=120) == EXIT_PREEMPTED, rest
     assert second.returncode == 2
     assert f"is in use by another haste run (pid {first.pid} on host " in second.stderr
     assert "Traceback" not in second.stderr
+    step = int(re.search(r"stopped after step (\d+) of 100000", rest).group(1))
+    assert [p.name for p in checkpoint.step_files(tmp_path / "tiny")] == [f"step_{step:08d}.pt"]
 
 
 def test_two_runs_started_at_the_same_moment_leave_one_resumable_run(tiny, plugins, tmp_path):
