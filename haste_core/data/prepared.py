@@ -88,6 +88,7 @@ class ShardedField:
     field: str
     counts: list[int]
     item_shape: tuple[int, ...] | None = None
+    repair: str = ""  # the command that checks the folder and redoes bad shards (the manifest's "command")
 
     def __post_init__(self) -> None:
         self.starts = np.cumsum([0, *self.counts])
@@ -106,19 +107,23 @@ class ShardedField:
         if array is None:
             path = shard_file(self.root, self.field, shard)
             if not path.is_file():
-                raise HasteError(f"{path} is missing; prepare the folder again (the command resumes)")
+                raise HasteError(f"{path} is missing; {self._repair_hint()}")
             try:
                 array = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise HasteError(f"{path} is corrupt ({exc}); delete it and rerun the prepare command") from None
+            except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+                raise HasteError(f"{path} is empty, truncated or corrupt ({exc}); {self._repair_hint()}") from None
             expected = self.counts[shard]
             if array.shape[0] != expected or (self.item_shape and tuple(array.shape[1:]) != self.item_shape):
                 raise HasteError(
                     f"{path} holds an array of shape {list(array.shape)}, the manifest expects "
-                    f"{[expected, *(self.item_shape or array.shape[1:])]}; delete it and rerun the prepare command"
+                    f"{[expected, *(self.item_shape or array.shape[1:])]}; {self._repair_hint()}"
                 )
             self._arrays[shard] = array
         return array
+
+    def _repair_hint(self) -> str:
+        command = f"`{self.repair}`" if self.repair else "the `haste prepare` command that made this folder"
+        return f"run {command} again: it checks every shard and redoes the damaged ones"
 
     def check_labels(self, num_classes: int) -> None:
         """Every label is a class of the manifest (0..num_classes-1): a label equal to ``num_classes`` would
