@@ -30,6 +30,7 @@ from haste_core.errors import HasteError
 MANIFEST = "manifest.json"
 FORMAT = "haste-prepared/1"
 CHECKSUM_CHUNK = 1 << 22  # bytes read at a time when hashing
+REQUIRED_KEYS = ("kind", "resolution", "num_items", "num_classes", "latent_shape", "shards")
 
 
 def shard_file(root: Path, field: str, shard: int) -> Path:
@@ -69,6 +70,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise HasteError(f"{path} is not a readable manifest ({exc}); prepare the folder again") from None
+    if not isinstance(manifest, dict):
+        raise HasteError(
+            f"{path} holds a {type(manifest).__name__}, not a manifest (a JSON object); prepare the folder again"
+        )
     if manifest.get("format") != FORMAT:
         raise HasteError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; prepare it again")
     if not manifest.get("complete"):
@@ -77,6 +82,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
             f"{root} is only partly prepared ({done} of {manifest.get('num_items')} items); run the same "
             "`haste prepare` command again to finish it (it resumes)"
         )
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    bad_shards = not isinstance(manifest.get("shards"), list) or not all(
+        isinstance(shard, dict) and "count" in shard and "files" in shard for shard in manifest["shards"]
+    )
+    if missing or bad_shards:
+        what = f"lacks {', '.join(missing)}" if missing else "has shard entries without count and files"
+        hint = f"run `{manifest['command']}` again" if "command" in manifest else "prepare the folder again"
+        raise HasteError(f"{path} {what}; it was edited or written by something else: {hint}")
     return manifest
 
 

@@ -38,8 +38,19 @@ class RunLock:
                 f"{run_dir} (or a folder above it) is a file, not a folder; nothing was written. Choose another "
                 "run.output_dir or run.name."
             ) from None
+        except OSError as exc:
+            raise RunFolderError(
+                f"cannot create {run_dir} ({(exc.strerror or str(exc)).lower()}); nothing was written. Choose a "
+                "run.output_dir you can write to."
+            ) from None
         path = run_dir / LOCK_FILE
-        handle = open(path, "a+")  # noqa: SIM115 (held open for the life of the run); "a+": no truncation yet
+        try:
+            handle = open(path, "a+")  # noqa: SIM115 (held open for the life of the run); "a+": no truncation yet
+        except OSError as exc:
+            raise RunFolderError(
+                f"cannot write in {run_dir} ({(exc.strerror or str(exc)).lower()}); nothing was written. Choose a "
+                "run.output_dir you can write to."
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

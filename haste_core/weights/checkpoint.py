@@ -53,8 +53,16 @@ def save(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
-    except BaseException:
+    except OSError as exc:  # a full or read-only disk: the earlier checkpoints are untouched
         temporary.unlink(missing_ok=True)  # a partial file must not keep the disk full
+        kept = ", ".join(p.name for p in step_files(run_dir)) or "none"
+        raise CheckpointError(
+            f"cannot write checkpoint {target}: {(exc.strerror or str(exc)).lower()}; nothing was overwritten and "
+            f"the earlier checkpoints are kept ({kept}). Free space (or write access) in {folder}, then run the "
+            "same command again to resume from the last of them."
+        ) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
         raise
     _point_latest(folder, target)
     _fsync_folder(folder)

@@ -3,6 +3,7 @@ each fails with the file, the item and what to do (never a raw traceback, never 
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -39,3 +40,16 @@ def test_a_label_out_of_range_names_the_file_the_item_and_the_range(folder, labe
 
 def test_labels_in_range_load(folder):
     assert [int(latents(folder)[i]["cond"]) for i in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [(["a", "list"], "holds a list, not a manifest"), ("drop:latent_shape", "lacks latent_shape")],
+)
+def test_a_manifest_that_is_a_list_or_lacks_keys(folder, manifest, message):
+    path = folder / "manifest.json"
+    if manifest == "drop:latent_shape":
+        manifest = {k: v for k, v in json.loads(path.read_text()).items() if k != "latent_shape"}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(HasteError, match=re.escape(f"{path} {message}")):
+        Latents.describe(Latents.Config(path=str(folder), resolution=RES))
