@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from haste_core.errors import HasteError, Preempted
 
 EXIT_PREEMPTED = 75  # BSD EX_TEMPFAIL: stopped by a signal after saving; run again (or requeue) to resume
+EXIT_COLLECTIVE_TIMEOUT = 3  # a collective waited run.collective_timeout_s for a stalled or lost process
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,38 @@ def run_command(device: str, work: Callable[[DistEnv], object], timeout: timedel
         if env.is_main:
             print(f"[haste] {exc} (exit status {EXIT_PREEMPTED})", file=sys.stderr)
         return EXIT_PREEMPTED
+    except RuntimeError as exc:  # torch.distributed.DistBackendError is one
+        if not _timed_out(exc):
+            raise
+        seconds = f" after {timeout.total_seconds():g} s" if timeout is not None else ""
+        print(
+            f"error: rank {env.rank} of {env.world_size}: {_collective} timed out{seconds} waiting for the other "
+            "processes; one of them is stalled or gone (its own log says which, if it got to say anything). "
+            "If the wait was legitimate (a slow download on one rank), raise run.collective_timeout_s.",
+            file=sys.stderr,
+        )
+        return EXIT_COLLECTIVE_TIMEOUT
     finally:
         shutdown()
     return 0
+
+
+_collective = "a collective before training"  # what this process waits for in a collective now (see `collective`)
+
+
+@contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Name the collective the block runs (``the barrier after saving``), for the message when it times out.
+    An exception leaves the name set, so that ``run_command`` can say where the process was."""
+    global _collective
+    outer, _collective = _collective, what
+    yield
+    _collective = outer
+
+
+def _timed_out(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def is_initialized() -> bool:

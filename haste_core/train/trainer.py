@@ -132,7 +132,9 @@ class Trainer:
         try:
             while self.step < self.recipe.run.max_steps:
                 self.train_step()
-                if self.stop_agreement.poll(self.stop.signum is not None) and self.step < run.max_steps:
+                with distributed.collective(f"the stop-signal agreement after step {self.step}"):
+                    stop = self.stop_agreement.poll(self.stop.signum is not None)
+                if stop and self.step < run.max_steps:
                     self._stop_for_signal()
             self.stop_agreement.close()
         except BaseException as exc:
@@ -146,14 +148,16 @@ class Trainer:
     def train_step(self) -> None:
         """One optimiser step, then everything that follows it (policies, logging, saving, sampling)."""
         batch = self.dataset.finish_batch(next(self.stream))
-        with self._autocast():
+        ddp = f"the DDP collectives of step {self.step + 1} (buffer broadcast, gradient all_reduce)"
+        with distributed.collective(ddp), self._autocast():
             teacher_outputs = self.stage.encode(batch["image"]) if self.stage.teachers else {}
             pair = self.objective.training_pair(batch["x"])
             args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs, self.stage.weights(self.step + 1))
             probed = self._probe(args)
             total, parts = self.module(*args)
         del teacher_outputs, args
-        self.scaler.scale(total).backward()
+        with distributed.collective(ddp):
+            self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.recipe.optimizer.grad_clip:
@@ -189,11 +193,12 @@ class Trainer:
         last = self.step == run.max_steps
         log_now = bool(stops) or last or self.step % run.log_every == 0  # a window never straddles a phase change
         save_now = last or bool(run.checkpoint_every and self.step % run.checkpoint_every == 0)
-        if log_now or save_now:
-            self.guard.check(self.step)  # the only read of the divergence records: no host sync on other steps
-        metrics: dict[str, float] = {}
-        if log_now:
-            metrics = self.report.collect(self.step, self.optimizer.param_groups[0]["lr"], stops, self.plan)
+        with distributed.collective(f"the metrics and checks of step {self.step}"):
+            if log_now or save_now:
+                self.guard.check(self.step)  # the only read of the divergence records: no host sync on other steps
+            metrics: dict[str, float] = {}
+            if log_now:
+                metrics = self.report.collect(self.step, self.optimizer.param_groups[0]["lr"], stops, self.plan)
         if self.evaluator is not None and self.evaluator.due(self.step, last):
             metrics = {**metrics, **self._evaluate()}
         self.plugins.step_end(self.run, self.step, metrics)
@@ -204,7 +209,8 @@ class Trainer:
         if last or (run.sample_every and self.step % run.sample_every == 0):
             self._timed(self.sample)
         if save_now:
-            self._timed(self.save_checkpoint)
+            with distributed.collective(f"saving the checkpoint of step {self.step}"):
+                self._timed(self.save_checkpoint)
 
     def _stop_for_signal(self) -> None:
         """Every rank has finished this step: save it (unless just saved) and end the run for a later resume."""

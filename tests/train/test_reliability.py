@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,30 @@ def test_kill_9_under_torchrun_then_resume_is_bit_identical(tmp_path):
     resumed = run(command)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(final_state(tmp_path / "a" / "tiny"), final_state(tmp_path / "b" / "tiny"))
+
+
+def test_a_stalled_rank_makes_the_other_exit_naming_the_collective_and_the_rank(tmp_path):
+    """Two processes (the environment torchrun would give them); rank 1 is stopped (SIGSTOP) after step 2."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = haste_run(tmp_path, "run.checkpoint_every=0", "run.collective_timeout_s=5")
+    processes = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "HASTE_TEST_INTERRUPT": "step_end:2:STOP:1"}  # fmt: skip
+        processes.append(subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
+    try:
+        started = time.monotonic()
+        error = processes[0].communicate(timeout=240)[1]
+        assert processes[0].returncode == 3, error
+        assert time.monotonic() - started < 200
+    finally:
+        processes[1].kill()
+        processes[1].communicate()
+    line = next(line for line in error.splitlines() if line.startswith("error: rank 0 of 2: "))
+    assert line.startswith(
+        "error: rank 0 of 2: the DDP collectives of step 3 (buffer broadcast, gradient all_reduce) timed out after 5 s "
+        "waiting for the other processes; one of them is stalled or gone"
+    )
+    assert "raise run.collective_timeout_s" in line and "Traceback" not in error
