@@ -34,12 +34,16 @@ def run(args: argparse.Namespace) -> int:
     lock = None
     try:
         recipe, plugins = load_recipe(args.recipe, args.overrides)
+        missing = recipe.data_spec.unavailable
+        if missing and not check:
+            raise HasteError(f"data: {missing}")
         if not check and distributed.env_rank() == 0:  # held until this process ends: one run per folder
             lock = RunLock.acquire(recipe.run_dir)
         resume_from = run_folder.resume_source(recipe)
     except HasteError as exc:
+        if lock is not None:
+            lock.release(remove_new_folder=True)
         return report(exc)
-    missing = recipe.data_spec.unavailable
     if check:
         print(recipe.to_yaml(), end="")
         print(f"# ok: {summary(recipe)}; {'resume from ' + str(resume_from) if resume_from else 'fresh start'}")
@@ -51,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
             if note := fid_weights_note(recipe.eval.inception):
                 print(f"# note: eval: {note}")
         return 0
-    if missing:
-        return report(HasteError(f"data: {missing}"))
 
     from haste_core.train.trainer import Trainer  # imported late: a check never pays for it
 

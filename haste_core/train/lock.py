@@ -24,13 +24,14 @@ LOCK_FILE = ".haste.lock"
 class RunLock:
     """The held lock of one run folder; ``release`` (or the process ending) frees it."""
 
-    def __init__(self, path: Path, handle: IO[str]) -> None:
-        self.path, self._handle = path, handle
+    def __init__(self, path: Path, handle: IO[str], created: bool) -> None:
+        self.path, self._handle, self.created = path, handle, created
 
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
         """Take the lock of ``run_dir`` (creating the folder), or raise ``RunFolderError`` naming the holder."""
         run_dir = Path(run_dir)
+        created = not run_dir.exists()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -66,11 +67,16 @@ class RunLock:
         started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         handle.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {started}\n")
         handle.flush()
-        return cls(path, handle)
+        return cls(path, handle, created)
 
-    def release(self) -> None:
+    def release(self, remove_new_folder: bool = False) -> None:
+        """Free the lock; with ``remove_new_folder``, a run folder this lock created and nothing else wrote to is
+        removed too (a run refused before writing anything leaves no trace)."""
         if self._handle.closed:
             return
         self._handle.truncate(0)
+        if remove_new_folder and self.created and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+            self.path.unlink()
+            self.path.parent.rmdir()
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()

@@ -177,8 +177,9 @@ def test_a_stalled_rank_makes_the_other_exit_naming_the_collective_and_the_rank(
     command = haste_run(tmp_path, "run.checkpoint_every=0", "run.collective_timeout_s=5")
     processes = []
     for rank in (0, 1):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "HASTE_TEST_INTERRUPT": "step_end:2:STOP:1"}  # fmt: skip
+        ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_PORT": str(port)}
+        env = {**os.environ, **ranks, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
+               "HASTE_TEST_INTERRUPT": "step_end:2:STOP:1"}  # fmt: skip
         processes.append(subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
     try:
         started = time.monotonic()
