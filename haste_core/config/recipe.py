@@ -25,6 +25,7 @@ from haste_core.config.nodes import (
     data_node,
     unique_labels,
 )
+from haste_core.config.policy_metrics import check_metrics_read
 from haste_core.config.sections import (
     EMAConfig,
     EvalConfig,
@@ -279,6 +280,7 @@ def _check_termination(alignments: Sequence[AlignmentNode], termination: Node | 
     governed += [(node.termination, [node.label]) for node in alignments if node.termination is not None]
     governed += [(policy, [node.label for node in alignments]) for policy in watch]
     for policy, labels in governed:
+        policy.call(lambda p=policy, labels=labels: check_metrics_read(p.entry.cls, p.config, labels))
         policy.call(lambda p=policy, labels=labels: p.entry.cls.check(p.config, labels=labels))
 
 
