@@ -8,6 +8,8 @@ the subprocesses of this test see (``PYTHONPATH``): nothing of it lands in the t
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "haste-example-plugin"
 
@@ -38,43 +40,55 @@ def installed(tmp_path_factory):
     return site, source
 
 
+# One interpreter for the whole author's path (each fresh one pays torch's import): the example's own tests,
+# `haste plugins`, `haste run` of its recipe, and `haste sample` of the checkpoint from another folder.
+DRIVER = """
+import json, os, sys
+import pytest
+from haste_core.cli import main
+
+steps = json.loads(sys.argv[1])
+assert pytest.main(["-q", "-p", "no:cacheprovider", steps["tests"]]) == 0, "the example's own tests failed"
+for argv in steps["commands"]:
+    os.chdir(argv.pop(0))
+    print("== haste", *argv, flush=True)
+    assert main(argv) == 0, f"haste {argv[0]} failed"
+"""
+
+
 @pytest.mark.slow
 def test_example_plugin_installs_passes_its_contracts_trains_and_samples(installed, tmp_path):
     site, source = installed
-    env = {"PYTHONPATH": str(site)}
-
-    listing = run_module("haste_core.cli", "plugins", env=env)
-    assert listing.returncode == 0, listing.stderr
-    assert "example.token_relation  [haste-example-plugin 0.1.0]" in listing.stdout
-    assert "  alignments: token_relation" in listing.stdout and "  terminations: loss_target" in listing.stdout
-
-    own_tests = run_module("pytest", "-q", "-p", "no:cacheprovider", str(source / "tests"), env=env, cwd=tmp_path)
-    assert own_tests.returncode == 0, own_tests.stdout + own_tests.stderr
-    assert "3 passed" in own_tests.stdout
-
-    runs = tmp_path / "runs"
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_dir = runs / "example_plugin"
     overrides = [
         f"run.output_dir={runs}", "run.max_steps=6", "run.log_every=1", "run.checkpoint_every=6",
         "data.global_batch_size=8", "teacher.weights=none",
         "termination={name: loss_target, target: 10.0, every: 2, patience: 2}",
     ]  # fmt: skip
-    trained = run_module("haste_core.run", str(source / "recipe.yaml"), *overrides, env=env, cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr
-    run_dir = runs / "example_plugin"
+    sample = [str(run_dir / "checkpoints" / "latest.pt"), "--out", "samples", "--num-images", "2", "--steps", "2"]
+    steps = {
+        "tests": str(source / "tests"),
+        "commands": [
+            [str(tmp_path), "plugins"],
+            [str(tmp_path), "run", str(source / "recipe.yaml"), *overrides],
+            [str(elsewhere), "sample", *sample, "--sampler", "euler", "--device", "cpu"],
+        ],
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(steps)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "3 passed" in result.stdout  # the example's tests: haste_core.testing's checks and its own
+    assert "example.token_relation  [haste-example-plugin 0.1.0]" in result.stdout
+    assert "  alignments: token_relation" in result.stdout and "  terminations: loss_target" in result.stdout
+
     with (run_dir / "metrics.csv").open() as handle:  # the CSV monitor, loaded through its entry point
         rows = list(csv.DictReader(handle))
     aligned = [int(row["step"]) for row in rows if row["tag"] == "align/token_relation"]
     assert aligned == [1, 2, 3, 4]  # loss_target read at steps 2 and 4, below 10 both times: fired after step 4
     assert [float(row["value"]) for row in rows if row["tag"] == "termination/fired"] == [4.0]
     assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["alignment"][0]["name"] == "token_relation"
-
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    checkpoint = run_dir / "checkpoints" / "latest.pt"
-    out = elsewhere / "samples"
-    sampled = run_module(
-        "haste_core.cli", "sample", str(checkpoint), "--out", "samples", "--num-images", "2", "--steps", "2",
-        "--sampler", "euler", "--device", "cpu", env=env, cwd=elsewhere,
-    )  # fmt: skip
-    assert sampled.returncode == 0, sampled.stderr
-    assert len(list(out.glob("*.png"))) == 2
+    assert len(list((elsewhere / "samples").glob("*.png"))) == 2  # sampled from another folder
