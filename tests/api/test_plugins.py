@@ -144,6 +144,16 @@ def test_installed_plugin_named_in_a_recipe_loads_once(plugins):
     assert len(loaded.registry("students")) == len(plugins.registry("students"))  # no name registered twice
 
 
+def test_installed_plugin_listed_by_its_file_loads_once(tmp_path, monkeypatch):
+    make_distribution(tmp_path, "haste-lab", "0.3", "haste_lab_stop", POLICY_MODULE.format(name="lab_stop"), "lab")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_plugins([str(tmp_path / "haste_lab_stop.py")])  # the recipe names the installed module's file
+    assert loaded.registry("terminations").get("lab_stop").plugin == "haste_lab_stop"
+    names = [record["name"] for record in loaded.describe()]
+    assert "haste_lab_stop" in names and "lab" not in names  # no second copy through the entry point
+    assert "lab_stop" in load_plugins().registry("terminations")  # installed alone: through its entry point
+
+
 def test_hook_with_a_wrong_argument_is_a_plugin_error(tmp_path, monkeypatch):
     (tmp_path / "bad_args.py").write_text(
         "from haste_core import hookimpl\n\n@hookimpl\ndef haste_step_end(run, stepp):\n    pass\n"
