@@ -38,3 +38,12 @@ def test_check_command_refuses_the_misspelt_metric(tmp_path):
     assert result.returncode == 2
     assert "termination.metric: metric 'align/typo' is not a value this policy is given" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_readme_policy_names_its_term_and_a_typo_fails_at_load(tiny, tmp_path):
+    from tests.docs.test_readme import readme_plugin_source
+
+    module = tmp_path / "haste_lossstop.py"
+    module.write_text(readme_plugin_source())
+    with pytest.raises(RecipeError, match=r"^termination\.term: metric 'align/rep' .*did you mean 'align/repa'"):
+        tiny(f"plugins=[{module}]", "termination={name: below_threshold, term: align/rep}")
