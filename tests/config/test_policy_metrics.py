@@ -47,3 +47,9 @@ def test_the_readme_policy_names_its_term_and_a_typo_fails_at_load(tiny, tmp_pat
     module.write_text(readme_plugin_source())
     with pytest.raises(RecipeError, match=r"^termination\.term: metric 'align/rep' .*did you mean 'align/repa'"):
         tiny(f"plugins=[{module}]", "termination={name: below_threshold, term: align/rep}")
+
+
+def test_a_missing_policy_lists_the_registered_ones(tiny, plugins):
+    with pytest.raises(RecipeError) as caught:
+        tiny("termination=null")
+    assert f"({{name: ...}} with one of: {', '.join(plugins.registry('terminations').names())})" in str(caught.value)
