@@ -195,3 +195,25 @@ def test_a_stalled_rank_makes_the_other_exit_naming_the_collective_and_the_rank(
         "waiting for the other processes; one of them is stalled or gone"
     )
     assert "raise run.collective_timeout_s" in line and "Traceback" not in error
+
+
+def test_the_run_lock_is_exclusive_names_its_holder_and_frees_on_release(tmp_path):
+    from haste_core.errors import RunFolderError
+    from haste_core.train.lock import RunLock
+
+    held = RunLock.acquire(tmp_path / "run")
+    holder = f"pid {os.getpid()} on host {socket.gethostname()}"
+    with pytest.raises(RunFolderError, match=re.escape(f"is in use by another haste run ({holder}, since ")):
+        RunLock.acquire(tmp_path / "run")  # flock: a second open file conflicts even within one process
+    held.release()
+    RunLock.acquire(tmp_path / "run").release()
+
+
+def test_temporary_checkpoint_names_are_unique(tmp_path, monkeypatch):
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (renamed.append(Path(a).name), real_replace(a, b)))
+    for _ in range(2):  # two writers of the same step never share a temporary file
+        checkpoint.save({"step": 1}, tmp_path, 1, keep=0)
+    temporary = [name for name in renamed if name.startswith(".step_00000001.pt.")]
+    assert len(temporary) == 2 and len(set(temporary)) == 2 and ".step_00000001.pt.tmp" not in temporary
