@@ -80,3 +80,16 @@ def test_plugins_a_checkpoint_names_relative_to_the_current_folder_are_not_impor
     assert sample(crafted, tmp_path / "out") == 0  # the recipe needs nothing that is not installed
     assert not (tmp_path / "evil.py.ran").exists()
     assert re.fullmatch(r"\d+\.png", sorted(p.name for p in (tmp_path / "out").glob("*.png"))[0])
+
+
+def test_export_to_a_reference_layout_imports_no_plugin_the_checkpoint_names(lab, tmp_path, capsys):
+    checkpoint, plugin = lab
+    before = imports(plugin)
+    assert haste(["export", str(checkpoint), str(tmp_path / "repa.pt"), "--layout", "repa"]) == 2
+    error = capsys.readouterr().err
+    assert "needs a plugin that is not loaded" in error and f"--plugin {plugin}" in error
+    assert imports(plugin) == before and not (tmp_path / "repa.pt").exists()
+    assert (
+        haste(["export", str(checkpoint), str(tmp_path / "repa.pt"), "--layout", "repa", "--plugin", str(plugin)]) == 0
+    )
+    assert imports(plugin) == before + 1 and (tmp_path / "repa.pt").is_file()
