@@ -23,14 +23,17 @@ from torch import Tensor, nn
 from haste_core import distributed
 from haste_core.config.recipe import Recipe
 from haste_core.distributed import DistEnv
+from haste_core.errors import Preempted
 from haste_core.eval.grid import sample_grid, save_png
 from haste_core.interfaces import Objective, RunContext, Student
 from haste_core.plugins import Plugins
 from haste_core.train import probe
 from haste_core.train.ema import EMA
+from haste_core.train.guard import DivergenceGuard
 from haste_core.train.metric_window import BYTES_PER_MB
 from haste_core.train.phase import PhasePlan, Stop
 from haste_core.train.report import Reporter
+from haste_core.train.signals import StopAgreement, StopRequest
 from haste_core.train.stage import AlignmentStage
 from haste_core.train.stream import DataStream
 from haste_core.train.train_step import TrainStep
@@ -84,6 +87,7 @@ class Trainer:
             num_workers=recipe.data.num_workers,
             device=device,
         )
+        self.guard = DivergenceGuard(device, recipe.run_dir, self.stream.item_index)
         self.step = 0
         if state is not None:
             self._load(state, resume_from)
@@ -94,6 +98,7 @@ class Trainer:
         self.module = self._wrap()
         self.report = Reporter(env, recipe.data.global_batch_size, recipe.run_dir, recipe.run.max_steps)
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
+        self.stop, self.stop_agreement = StopRequest(), StopAgreement(recipe.run.collective_timeout)
         self.run = RunContext(
             recipe=recipe,
             run_dir=recipe.run_dir,
@@ -123,27 +128,36 @@ class Trainer:
         self.plugins.train_start(self.run)
         self.report.start(self.step, self.student, self.recipe.student.name, self.stage.active)
         started, first_step = time.perf_counter(), self.step
+        self.stop.install()
         try:
             while self.step < self.recipe.run.max_steps:
                 self.train_step()
+                with distributed.collective(f"the stop-signal agreement after step {self.step}"):
+                    stop = self.stop_agreement.poll(self.stop.signum is not None)
+                if stop and self.step < run.max_steps:
+                    self._stop_for_signal()
+            self.stop_agreement.close()
         except BaseException as exc:
             self.run.error = exc
             raise
         finally:
+            self.stop.restore()
             self.plugins.train_end(self.run)
         self.report.end(self.step - first_step, time.perf_counter() - started)
 
     def train_step(self) -> None:
         """One optimiser step, then everything that follows it (policies, logging, saving, sampling)."""
         batch = self.dataset.finish_batch(next(self.stream))
-        with self._autocast():
+        ddp = f"the DDP collectives of step {self.step + 1} (buffer broadcast, gradient all_reduce)"
+        with distributed.collective(ddp), self._autocast():
             teacher_outputs = self.stage.encode(batch["image"]) if self.stage.teachers else {}
             pair = self.objective.training_pair(batch["x"])
             args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs, self.stage.weights(self.step + 1))
             probed = self._probe(args)
             total, parts = self.module(*args)
         del teacher_outputs, args
-        self.scaler.scale(total).backward()
+        with distributed.collective(ddp):
+            self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.recipe.optimizer.grad_clip:
@@ -158,6 +172,10 @@ class Trainer:
         self.step += 1
 
         values = {key: value.detach() for key, value in parts.items()}
+        # fp16: a non-finite gradient norm is a step the scaler skips on purpose, not a divergence
+        self.guard.observe(
+            self.step, self.stream.taken(), batch["x"], values.values(), None if self.scaler.is_enabled() else grad_norm
+        )
         stops = self.plan.update(self.step, {**values, **probed})
         self.report.watched(self.plan)
         finite = torch.isfinite(grad_norm)  # not finite: an fp16 step the gradient scaler skipped
@@ -173,9 +191,14 @@ class Trainer:
         so that a checkpoint of the step a policy fired at is already a Phase-II checkpoint)."""
         run = self.recipe.run
         last = self.step == run.max_steps
-        metrics: dict[str, float] = {}
-        if stops or last or self.step % run.log_every == 0:  # a window never straddles a phase change
-            metrics = self.report.collect(self.step, self.optimizer.param_groups[0]["lr"], stops, self.plan)
+        log_now = bool(stops) or last or self.step % run.log_every == 0  # a window never straddles a phase change
+        save_now = last or bool(run.checkpoint_every and self.step % run.checkpoint_every == 0)
+        with distributed.collective(f"the metrics and checks of step {self.step}"):
+            if log_now or save_now:
+                self.guard.check(self.step)  # the only read of the divergence records: no host sync on other steps
+            metrics: dict[str, float] = {}
+            if log_now:
+                metrics = self.report.collect(self.step, self.optimizer.param_groups[0]["lr"], stops, self.plan)
         if self.evaluator is not None and self.evaluator.due(self.step, last):
             metrics = {**metrics, **self._evaluate()}
         self.plugins.step_end(self.run, self.step, metrics)
@@ -185,8 +208,20 @@ class Trainer:
             self._timed(lambda: self._terminate(stops))
         if last or (run.sample_every and self.step % run.sample_every == 0):
             self._timed(self.sample)
-        if last or (run.checkpoint_every and self.step % run.checkpoint_every == 0):
+        if save_now:
+            with distributed.collective(f"saving the checkpoint of step {self.step}"):
+                self._timed(self.save_checkpoint)
+
+    def _stop_for_signal(self) -> None:
+        """Every rank has finished this step: save it (unless just saved) and end the run for a later resume."""
+        run = self.recipe.run
+        if not (run.checkpoint_every and self.step % run.checkpoint_every == 0):
             self._timed(self.save_checkpoint)
+        signal_name = self.stop.name or "a stop signal (sent to another rank)"
+        raise Preempted(
+            f"{signal_name}: stopped after step {self.step} of {run.max_steps} and saved "
+            f"{checkpoint.step_path(self.recipe.run_dir, self.step)}; run the same command again to resume from it"
+        )
 
     # --- phase change ---------------------------------------------------------------------------------------
 
@@ -252,7 +287,10 @@ class Trainer:
     # --- checkpoints and samples ----------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Gather every rank's RNG state; rank 0 writes atomically; every rank waits for it."""
+        """Gather every rank's RNG state; rank 0 writes atomically; every rank waits for it. A state holding a NaN or
+        an infinity is never written (``DivergenceGuard.check_state``)."""
+        trained = [self.student.state_dict(), self.ema.state_dict(), self.stage.state_dict()]
+        self.guard.check_state(self.step, [*trained, self.optimizer.state_dict()["state"]])
         rng = distributed.all_gather_objects(checkpoint.capture_rng())
         path = checkpoint.step_path(self.recipe.run_dir, self.step)
         if self.env.is_main:

@@ -196,9 +196,22 @@ class DigitsViT(Teacher):
             path = resolve_weights("teacher", "digits_vit")
             if path is not None and not Path(path).is_file():
                 raise HasteError(f"haste_resolve_weights offered {path} for teacher digits_vit, but it does not exist")
-        if path is None:
+        cached = path is None
+        if cached:
             path = cached_weights(config.heldout_fraction, config.split_seed)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, empty, or not a torch file at all
+            detail = f"{type(exc).__name__}: not a file torch.load reads with weights_only=True"
+            if not cached:
+                raise HasteError(
+                    f"teacher.weights: cannot read {path} as digits_vit weights ({detail}); give a file that "
+                    "haste wrote (the digits_vit cache), or weights: cache to use (and make) the cached ones"
+                ) from None
+            log.warning(f"teacher digits_vit: the cached weights {path} are unreadable ({detail}); training them again")
+            Path(path).unlink(missing_ok=True)
+            path = cached_weights(config.heldout_fraction, config.split_seed)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state_dict, dict):
             raise HasteError(f"{path} does not hold a digits_vit state dict")
