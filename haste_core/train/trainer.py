@@ -24,11 +24,13 @@ from haste_core import distributed
 from haste_core.config.recipe import Recipe
 from haste_core.distributed import DistEnv
 from haste_core.eval.grid import sample_grid, save_png
-from haste_core.interfaces import Objective, RunContext, Student
+from haste_core.interfaces import Objective, RunContext, Student, TrainingPair
 from haste_core.plugins import Plugins
 from haste_core.train import probe
+from haste_core.train.accumulate import accumulate, micro_slices
 from haste_core.train.ema import EMA
 from haste_core.train.metric_window import BYTES_PER_MB
+from haste_core.train.perf import Throughput
 from haste_core.train.phase import PhasePlan, Stop
 from haste_core.train.report import Reporter
 from haste_core.train.stage import AlignmentStage
@@ -92,6 +94,10 @@ class Trainer:
         if not self.stage.teachers:
             self.dataset.set_images_needed(False)
         self.module = self._wrap()
+        per_rank = recipe.data.global_batch_size // env.world_size
+        self._micro_slices = micro_slices(per_rank, recipe.data.micro_batch_size)
+        precision = recipe.precision
+        self.throughput = Throughput(device, per_rank, precision.dtype, precision.tf32, recipe.perf.peak_tflops)
         self.report = Reporter(env, recipe.data.global_batch_size, recipe.run_dir, recipe.run.max_steps)
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.run = RunContext(
@@ -136,14 +142,23 @@ class Trainer:
     def train_step(self) -> None:
         """One optimiser step, then everything that follows it (policies, logging, saving, sampling)."""
         batch = self.dataset.finish_batch(next(self.stream))
+        weights = self.stage.weights(self.step + 1)
         with self._autocast():
-            teacher_outputs = self.stage.encode(batch["image"]) if self.stage.teachers else {}
             pair = self.objective.training_pair(batch["x"])
-            args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs, self.stage.weights(self.step + 1))
-            probed = self._probe(args)
-            total, parts = self.module(*args)
-        del teacher_outputs, args
-        self.scaler.scale(total).backward()
+        if self.throughput.flops is None:  # once per phase
+            args = (self.student, self.objective, self.stage, batch, pair, weights)
+            self._timed(lambda: self.throughput.count(*args))
+        probed = self._probe(batch, pair, weights)
+        parts = accumulate(
+            self.module,
+            self._micro_slices,
+            batch,
+            pair,
+            lambda part: self.stage.encode(batch["image"][part]) if self.stage.teachers else {},
+            weights,
+            self._autocast,
+            lambda loss: self.scaler.scale(loss).backward(),
+        )
         self.scaler.unscale_(self.optimizer)
         trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.recipe.optimizer.grad_clip:
@@ -176,6 +191,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if stops or last or self.step % run.log_every == 0:  # a window never straddles a phase change
             metrics = self.report.collect(self.step, self.optimizer.param_groups[0]["lr"], stops, self.plan)
+            metrics.update(self.throughput.metrics(metrics["perf/step_s"]))
         if self.evaluator is not None and self.evaluator.due(self.step, last):
             metrics = {**metrics, **self._evaluate()}
         self.plugins.step_end(self.run, self.step, metrics)
@@ -195,6 +211,7 @@ class Trainer:
         cuda = self.env.device.type == "cuda"
         allocated_before = torch.cuda.memory_allocated(self.env.device) if cuda else 0
         self.stage.release(stops, self.optimizer, self.step)
+        self.throughput.flops = None  # the next step counts the new phase's
         if not self.stage.active:
             self.dataset.set_images_needed(False)
             self.stream.restart()
@@ -223,13 +240,16 @@ class Trainer:
         import_checkpoint(published, self.ema.model, weights="ema", name=name)
         log.info(f"initialised {name} from {path} ({published.layout} layout)")
 
-    def _probe(self, args: tuple[Any, ...]) -> dict[str, Tensor]:
-        """The gradient probe (``haste_core.train.probe``) when a policy asks for it at this step; its time is
-        logged as ``perf/probe_s`` and left out of ``perf/step_s``."""
+    def _probe(self, batch: dict[str, Any], pair: TrainingPair, weights: dict[str, float]) -> dict[str, Tensor]:
+        """The gradient probe (``haste_core.train.probe``) on the step's whole batch when a policy asks for it at
+        this step; its time is logged as ``perf/probe_s`` and left out of ``perf/step_s``."""
         if not self.stage.active or not self.plan.probe_due(self.step + 1):
             return {}
         started = time.perf_counter()
-        result = probe.measure(distributed.unwrap(self.module), args, args[-1], self.env.device)
+        with self._autocast():
+            teacher_outputs = self.stage.encode(batch["image"])
+            args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs, weights)
+            result = probe.measure(distributed.unwrap(self.module), args, weights, self.env.device)
         health = probe.health(result)  # reads the values: the device is synchronised here
         self.report.probed(health, time.perf_counter() - started)
         return result
