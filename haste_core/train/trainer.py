@@ -26,7 +26,7 @@ from haste_core.distributed import DistEnv
 from haste_core.eval.grid import sample_grid, save_png
 from haste_core.interfaces import Objective, RunContext, Student, TrainingPair
 from haste_core.plugins import Plugins
-from haste_core.train import probe
+from haste_core.train import activation_checkpointing, probe
 from haste_core.train.accumulate import accumulate, micro_slices
 from haste_core.train.ema import EMA
 from haste_core.train.metric_window import BYTES_PER_MB
@@ -68,6 +68,8 @@ class Trainer:
         self.student: Student = recipe.student.build(data=recipe.data_spec, spec=recipe.student_spec).to(device)
         self.objective: Objective = recipe.objective.build()
         self.ema = EMA(self.student, recipe.ema.decay)
+        # after the EMA copy: the EMA model (sampling, evaluation) never needs recomputation
+        activation_checkpointing.apply(self.student, recipe.activation_checkpointing.every, recipe.student.name)
         self.stage = AlignmentStage(recipe, plan, device, plugins.resolve_weights)
         if state is None and recipe.run.init_from:
             self._init_from(recipe.run.init_from)
