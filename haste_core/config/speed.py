@@ -14,6 +14,7 @@ class CompileConfig:
     student: bool = False  # torch.compile the student (one graph per phase: capture on, then off)
     teacher: bool = False  # torch.compile the teacher's encode
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    backend: str = "inductor"  # torch.compile's backend; aot_eager compiles fast (tests), inductor runs fast
 
 
 @dataclass(kw_only=True, frozen=True)

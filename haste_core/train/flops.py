@@ -39,9 +39,10 @@ TRAIN_OVER_FORWARD = 3  # forward + backward (gradients of activations and of we
 
 def forward_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of ``fn()`` (no gradients kept). Attention runs as explicit matmuls while counting, so that it is
-    counted on every device (the fused CPU kernels are invisible to the counter)."""
+    counted on every device (the fused CPU kernels are invisible to the counter); compiled modules run eagerly
+    here, so counting never compiles a graph."""
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), torch.compiler.set_stance("force_eager"), counter:
         fn()
     return counter.get_total_flops()
 

@@ -26,7 +26,7 @@ from haste_core.distributed import DistEnv
 from haste_core.eval.grid import sample_grid, save_png
 from haste_core.interfaces import Objective, RunContext, Student, TrainingPair
 from haste_core.plugins import Plugins
-from haste_core.train import activation_checkpointing, probe
+from haste_core.train import activation_checkpointing, compilation, probe
 from haste_core.train.accumulate import accumulate, micro_slices
 from haste_core.train.ema import EMA
 from haste_core.train.metric_window import BYTES_PER_MB
@@ -70,7 +70,9 @@ class Trainer:
         self.ema = EMA(self.student, recipe.ema.decay)
         # after the EMA copy: the EMA model (sampling, evaluation) never needs recomputation
         activation_checkpointing.apply(self.student, recipe.activation_checkpointing.every, recipe.student.name)
+        compilation.compile_student(self.student, recipe.compile)
         self.stage = AlignmentStage(recipe, plan, device, plugins.resolve_weights)
+        compilation.compile_teachers(self.stage.teachers, recipe.compile)
         if state is None and recipe.run.init_from:
             self._init_from(recipe.run.init_from)
         opt = recipe.optimizer
@@ -214,6 +216,7 @@ class Trainer:
         allocated_before = torch.cuda.memory_allocated(self.env.device) if cuda else 0
         self.stage.release(stops, self.optimizer, self.step)
         self.throughput.flops = None  # the next step counts the new phase's
+        compilation.note_phase_change(self.recipe.compile, self.step)
         if not self.stage.active:
             self.dataset.set_images_needed(False)
             self.stream.restart()
