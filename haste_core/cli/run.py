@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haste_core import distributed
+    from haste_core import cluster, distributed
     from haste_core.config.recipe import load_recipe
     from haste_core.errors import HasteError
     from haste_core.train import run_folder
@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     check = args.verb == "check" or getattr(args, "check", False)
     try:
+        if not check:
+            cluster.check_launcher([str(args.recipe), *args.overrides])
         recipe, plugins = load_recipe(args.recipe, args.overrides)
         resume_from = run_folder.resume_source(recipe)
     except HasteError as exc:
