@@ -63,7 +63,8 @@ def build(out: Path, phase: str, batch: int, compiled: bool) -> Trainer:
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     recipe, plugins = load_recipe(path)
-    return Trainer(recipe, plugins, distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cuda")))
+    env = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cuda"))
+    return Trainer(recipe, plugins, env)
 
 
 def release(trainer: Trainer | None) -> None:

@@ -75,8 +75,9 @@ def phase_one_parts(trainer: Trainer, steps: int) -> dict[str, float]:
     capture = stage.student_capture()
     x_t, t, cond = pair.x_t, pair.t, batch["cond"]
     parts: dict[str, list[float]] = {key: [] for key in ("teacher", "plain", "captured", "attention", "repa")}
+    teacher_out: dict[str, Any] = {}
     for _ in range(steps):
-        teacher_out: dict[str, Any] = {}
+        teacher_out.clear()
         parts["teacher"].append(timed(lambda: teacher_out.update(stage.encode(batch["image"]))))
         parts["plain"].append(timed(lambda: student(x_t, t, cond).pred.square().mean().backward()))
 
