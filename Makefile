@@ -13,7 +13,7 @@ NPROC ?= 2
 THREADS ?= $(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 1) // $(NPROC)))")
 STAMP := $(VENV)/.haste-installed
 
-.PHONY: demo test bench bench-convergence lint install clean
+.PHONY: demo test bench bench-gpu bench-convergence lint install clean
 
 install: $(STAMP)
 
@@ -31,10 +31,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-# Every benchmarks/bench_*.py in turn; each prints its own side-by-side ratios.
+# Every benchmarks/bench_*.py in turn (bench_gpu.py apart: it needs a GPU); each prints its own side-by-side ratios.
 bench: $(STAMP)
-	@for script in $(sort $(wildcard benchmarks/bench_*.py)); do \
+	@for script in $(sort $(filter-out benchmarks/bench_gpu.py,$(wildcard benchmarks/bench_*.py))); do \
 		echo "== $$script"; HF_HUB_OFFLINE=1 $(PY) $$script || exit 1; done
+
+# SiT-XL/2 on one GPU: img/s, MFU and peak memory of vanilla / Phase I / Phase II, eager and compiled (< 8 min).
+bench-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_gpu.py
 
 # The miniature convergence benchmark (vanilla vs REPA vs HASTE on the digits); long, not part of `make bench`.
 bench-convergence: $(STAMP)

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haste_core import distributed
+    from haste_core import cluster, distributed
     from haste_core.config.recipe import load_recipe
     from haste_core.errors import HasteError
     from haste_core.train import run_folder
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     check = args.verb == "check" or getattr(args, "check", False)
     lock = None
     try:
+        if not check:
+            cluster.check_launcher([str(args.recipe), *args.overrides])
         recipe, plugins = load_recipe(args.recipe, args.overrides)
         missing = recipe.data_spec.unavailable
         if missing and not check:

@@ -20,10 +20,12 @@ from haste_core.weights import checkpoint
 
 RECIPE_FILE = "recipe.yaml"
 # Settings that may change when a run is continued: where its folder is, how long it runs, how often it logs and
-# saves. Everything else must be what the checkpoint was trained with.
+# saves, and how a step is computed (micro-batches, compilation, recomputation: the same step, another speed).
+# Everything else must be what the checkpoint was trained with.
 CHANGEABLE_ON_RESUME = {
     "run.name", "run.output_dir", "run.max_steps", "run.resume", "run.log_every", "run.checkpoint_every",
     "run.keep_checkpoints", "run.sample_every", "run.device", "run.collective_timeout_s", "data.num_workers",
+    "data.micro_batch_size", "compile", "activation_checkpointing", "perf",
 }  # fmt: skip
 # Which plugin modules load is not what a run is: observers (monitors such as TensorBoard, a user's logger) do not
 # change training, and the components that do are compared through their own nodes (registered name, settings).

@@ -25,12 +25,14 @@ from haste_core.config.recipe import Recipe
 from haste_core.distributed import DistEnv
 from haste_core.errors import Preempted
 from haste_core.eval.grid import sample_grid, save_png
-from haste_core.interfaces import Objective, RunContext, Student
+from haste_core.interfaces import Objective, RunContext, Student, TrainingPair
 from haste_core.plugins import Plugins
-from haste_core.train import probe
+from haste_core.train import activation_checkpointing, compilation, probe
+from haste_core.train.accumulate import accumulate, micro_slices
 from haste_core.train.ema import EMA
 from haste_core.train.guard import DivergenceGuard
 from haste_core.train.metric_window import BYTES_PER_MB
+from haste_core.train.perf import Throughput
 from haste_core.train.phase import PhasePlan, Stop
 from haste_core.train.report import Reporter
 from haste_core.train.signals import StopAgreement, StopRequest
@@ -69,7 +71,11 @@ class Trainer:
         self.student: Student = recipe.student.build(data=recipe.data_spec, spec=recipe.student_spec).to(device)
         self.objective: Objective = recipe.objective.build()
         self.ema = EMA(self.student, recipe.ema.decay)
+        # after the EMA copy: the EMA model (sampling, evaluation) never needs recomputation
+        activation_checkpointing.apply(self.student, recipe.activation_checkpointing.every, recipe.student.name)
+        compilation.compile_student(self.student, recipe.compile)
         self.stage = AlignmentStage(recipe, plan, device, plugins.resolve_weights)
+        compilation.compile_teachers(self.stage.teachers, recipe.compile)
         if state is None and recipe.run.init_from:
             self._init_from(recipe.run.init_from)
         opt = recipe.optimizer
@@ -96,6 +102,10 @@ class Trainer:
         if not self.stage.teachers:
             self.dataset.set_images_needed(False)
         self.module = self._wrap()
+        per_rank = recipe.data.global_batch_size // env.world_size
+        self._micro_slices = micro_slices(per_rank, recipe.data.micro_batch_size)
+        precision = recipe.precision
+        self.throughput = Throughput(device, per_rank, precision.dtype, precision.tf32, recipe.perf.peak_tflops)
         self.report = Reporter(env, recipe.data.global_batch_size, recipe.run_dir, recipe.run.max_steps)
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.stop, self.stop_agreement = StopRequest(), StopAgreement(recipe.run.collective_timeout)
@@ -148,16 +158,25 @@ class Trainer:
     def train_step(self) -> None:
         """One optimiser step, then everything that follows it (policies, logging, saving, sampling)."""
         batch = self.dataset.finish_batch(next(self.stream))
-        ddp = f"the DDP collectives of step {self.step + 1} (buffer broadcast, gradient all_reduce)"
-        with distributed.collective(ddp), self._autocast():
-            teacher_outputs = self.stage.encode(batch["image"]) if self.stage.teachers else {}
+        weights = self.stage.weights(self.step + 1)
+        with self._autocast():
             pair = self.objective.training_pair(batch["x"])
-            args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs, self.stage.weights(self.step + 1))
-            probed = self._probe(args)
-            total, parts = self.module(*args)
-        del teacher_outputs, args
+        if self.throughput.flops is None:  # once per phase
+            args = (self.student, self.objective, self.stage, batch, pair, weights)
+            self._timed(lambda: self.throughput.count(*args))
+        ddp = f"the DDP collectives of step {self.step + 1} (buffer broadcast, gradient all_reduce)"
         with distributed.collective(ddp):
-            self.scaler.scale(total).backward()
+            probed = self._probe(batch, pair, weights)
+            parts = accumulate(
+                self.module,
+                self._micro_slices,
+                batch,
+                pair,
+                lambda part: self.stage.encode(batch["image"][part]) if self.stage.teachers else {},
+                weights,
+                self._autocast,
+                lambda loss: self.scaler.scale(loss).backward(),
+            )
         self.scaler.unscale_(self.optimizer)
         trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.recipe.optimizer.grad_clip:
@@ -199,6 +218,7 @@ class Trainer:
             metrics: dict[str, float] = {}
             if log_now:
                 metrics = self.report.collect(self.step, self.optimizer.param_groups[0]["lr"], stops, self.plan)
+                metrics.update(self.throughput.metrics(metrics["perf/step_s"]))
         if self.evaluator is not None and self.evaluator.due(self.step, last):
             metrics = {**metrics, **self._evaluate()}
         self.plugins.step_end(self.run, self.step, metrics)
@@ -230,6 +250,8 @@ class Trainer:
         cuda = self.env.device.type == "cuda"
         allocated_before = torch.cuda.memory_allocated(self.env.device) if cuda else 0
         self.stage.release(stops, self.optimizer, self.step)
+        self.throughput.flops = None  # the next step counts the new phase's
+        compilation.note_phase_change(self.recipe.compile, self.step)
         if not self.stage.active:
             self.dataset.set_images_needed(False)
             self.stream.restart()
@@ -258,13 +280,16 @@ class Trainer:
         import_checkpoint(published, self.ema.model, weights="ema", name=name)
         log.info(f"initialised {name} from {path} ({published.layout} layout)")
 
-    def _probe(self, args: tuple[Any, ...]) -> dict[str, Tensor]:
-        """The gradient probe (``haste_core.train.probe``) when a policy asks for it at this step; its time is
-        logged as ``perf/probe_s`` and left out of ``perf/step_s``."""
+    def _probe(self, batch: dict[str, Any], pair: TrainingPair, weights: dict[str, float]) -> dict[str, Tensor]:
+        """The gradient probe (``haste_core.train.probe``) on the step's whole batch when a policy asks for it at
+        this step; its time is logged as ``perf/probe_s`` and left out of ``perf/step_s``."""
         if not self.stage.active or not self.plan.probe_due(self.step + 1):
             return {}
         started = time.perf_counter()
-        result = probe.measure(distributed.unwrap(self.module), args, args[-1], self.env.device)
+        with self._autocast():
+            teacher_outputs = self.stage.encode(batch["image"])
+            args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs, weights)
+            result = probe.measure(distributed.unwrap(self.module), args, weights, self.env.device)
         health = probe.health(result)  # reads the values: the device is synchronised here
         self.report.probed(health, time.perf_counter() - started)
         return result
