@@ -50,13 +50,15 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         return report(HasteError(f"data: {missing}"))
 
+    from haste_core.train.log_file import log_to_file
     from haste_core.train.trainer import Trainer  # imported late: a check never pays for it
 
     def train(env: distributed.DistEnv) -> None:
         if env.is_main:
             run_folder.write_recipe(recipe)
         distributed.barrier()
-        Trainer(recipe, plugins, env, resume_from=resume_from).fit()
+        with log_to_file(recipe.run_dir, env.is_main):
+            Trainer(recipe, plugins, env, resume_from=resume_from).fit()
 
     return distributed.run_command(recipe.run.device, train)
 
