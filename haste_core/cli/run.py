@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"# ok: {summary(recipe)}; {'resume from ' + str(resume_from) if resume_from else 'fresh start'}")
         if missing:
             print(f"# note: data: {missing}")
+        from haste_core.weights.prefetch import missing_notes
+
+        for note in missing_notes(recipe, plugins, str(args.recipe)):
+            print(f"# note: weights: {note}")
         if recipe.eval.every:
             from haste_core.eval.inception import fid_weights_note
 

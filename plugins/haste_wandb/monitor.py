@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def _start(run: RunContext, name: str) -> Any:
     folder = run.run_dir / "wandb"
     folder.mkdir(parents=True, exist_ok=True)
     id_file = folder / "run_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     id_file.write_text(run_id + "\n")
     timeout = float(os.environ.get("HASTE_WANDB_TIMEOUT", DEFAULT_TIMEOUT_S))
     options = {
