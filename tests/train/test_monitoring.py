@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from haste_core.train.attention_pictures import GAP, query_positions, tiles
@@ -71,8 +72,6 @@ def test_two_alignments_stopping_at_one_step_get_a_text_each(events):
 def test_hparams_name_the_settings_and_the_final_losses(run_dir, events):
     summaries = {}
     for path in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
-        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name == "hparams":
