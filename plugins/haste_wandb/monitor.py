@@ -7,8 +7,9 @@ later), ``WANDB_ENTITY``, ``WANDB_API_KEY``, ``WANDB_DIR`` (default ``<run>/``, 
 ``<run>/wandb/``). The wandb run is named after ``run.name``, its config is the resolved recipe, and its id is
 kept in ``<run>/wandb/run_id`` so that a resumed haste run continues the same wandb run.
 
-It never stops or fails training: if wandb cannot start online within ``HASTE_WANDB_TIMEOUT`` seconds (default
-30) it records offline instead, and any later wandb error switches the monitor off with one warning. Scalars
+It never stops or fails training: without an API key (and without ``WANDB_MODE``) it records offline rather than
+wait at wandb's login prompt; if wandb cannot start online within ``HASTE_WANDB_TIMEOUT`` seconds (default 30) it
+records offline instead; and any later wandb error switches the monitor off with one warning. Scalars
 are the tags of ``haste_step_end``; images go under ``samples/ema`` and ``attention/<label>/<pair>``;
 ``haste_histograms`` become wandb histograms; each termination is the summary entry ``termination/<label>``
 ("step S: reason") beside the scalar ``termination/fired/<label>``.
@@ -17,10 +18,12 @@ are the tags of ``haste_step_end``; images go under ``samples/ema`` and ``attent
 from __future__ import annotations
 
 import logging
+import netrc
 import os
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from haste_core import RunContext, hookimpl
 
@@ -40,6 +43,18 @@ def project() -> str | None:
     return DEFAULT_PROJECT if value.lower() in ("1", "true", "yes", "on") else value
 
 
+def has_credentials() -> bool:
+    """True when wandb would find an API key (``WANDB_API_KEY`` or a netrc entry for its host), so that going
+    online cannot stop at an interactive login prompt."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 def _start(run: RunContext, name: str) -> Any:
     import wandb
 
@@ -57,11 +72,16 @@ def _start(run: RunContext, name: str) -> Any:
         "config": run.recipe.to_dict(),
         "dir": os.environ.get("WANDB_DIR") or str(run.run_dir),
     }
+    if not os.environ.get("WANDB_MODE") and not has_credentials():
+        log.warning("wandb: no API key (wandb login, or WANDB_API_KEY): recording offline; upload with wandb sync")
+        return wandb.init(**options, mode="offline", settings=wandb.Settings(console="off"))
     try:
         return wandb.init(**options, settings=wandb.Settings(init_timeout=timeout, console="off"))
     except Exception as exc:  # unreachable, no credentials: keep the record locally instead
         log.warning(f"wandb could not start online ({type(exc).__name__}: {exc}); recording offline instead")
-        return wandb.init(**options, mode="offline", settings=wandb.Settings(console="off"))
+        options["id"] = secrets.token_hex(4)  # the failed attempt still holds the first id in this process
+        id_file.write_text(options["id"] + "\n")
+        return wandb.init(**options, mode="offline", reinit="create_new", settings=wandb.Settings(console="off"))
 
 
 def _call(run: RunContext, action: Any) -> None:

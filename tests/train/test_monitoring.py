@@ -4,8 +4,6 @@ HParams, attention pictures (TensorBoard event files and PNGs) and the wandb mon
 from __future__ import annotations
 
 import io
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from haste_core.train.attention_pictures import GAP, query_positions, tiles
 from tests.conftest import TINY_RECIPE, run_module
+from tests.fixtures.wandb_records import wandb_items, wandb_records
 
 # tiny.yaml: 8 steps, both alignments stop after step 4 (one run-wide policy); grids at 3 (Phase I), 6 and 8
 SAMPLE_EVERY = 3
@@ -110,33 +109,6 @@ def test_attention_pictures_show_teacher_beside_student_then_the_student_alone(r
 
 # --- the wandb monitor, offline: its run file read back record by record --------------------------------------------
 
-WANDB_BLOCK, WANDB_HEADER = 32768, 7  # the .wandb file is a LevelDB-style log of protobuf records
-
-
-def wandb_records(path: Path):
-    """The protobuf ``Record``s of a ``.wandb`` file (32 KiB blocks of chunks: crc32, length, type)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, pos, chunks = path.read_bytes(), WANDB_HEADER, []
-    assert data[:4] == b":W&B"
-    while pos + WANDB_HEADER <= len(data):
-        room = WANDB_BLOCK - pos % WANDB_BLOCK
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + WANDB_HEADER])
-        if room < WANDB_HEADER or (kind == 0 and length == 0):
-            pos += room  # the rest of the block is padding
-            continue
-        chunks.append(data[pos + WANDB_HEADER : pos + WANDB_HEADER + length])
-        pos += WANDB_HEADER + length
-        if kind in (1, 4):  # a full record, or the last chunk of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(b"".join(chunks))
-            chunks = []
-            yield record
-
-
-def items(updates) -> dict[str, object]:
-    return {"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in updates}
-
 
 @pytest.mark.slow
 def test_wandb_offline_run_holds_recipe_scalars_images_histograms_and_terminations(run_dir, events):
@@ -146,12 +118,12 @@ def test_wandb_offline_run_holds_recipe_scalars_images_histograms_and_terminatio
     for record in wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            row = items(record.history.item)
+            row = wandb_items(record.history.item)
             history[row["_step"]] = row
         elif kind == "summary":
-            summary.update(items(record.summary.update))
+            summary.update(wandb_items(record.summary.update))
         elif kind == "run":
-            config = items(record.run.config.update)
+            config = wandb_items(record.run.config.update)
     assert config["run"]["name"] == "tiny" and config["termination"] == {"name": "fixed_step", "step": 4}
     logged = {e.step: e.value for e in events.Scalars("loss/total")}
     assert sorted(history) == sorted(logged)
