@@ -216,7 +216,8 @@ def check_alignment(
     teacher: TeacherSpec | None = None,
     batch: int = 2,
 ) -> Alignment:
-    """Declared captures are enough to compute the loss; the loss is an fp32 scalar with a gradient."""
+    """Declared captures are enough to compute the loss; the loss is an fp32 scalar with a gradient; an
+    ``attention_view`` names captured blocks and maps the student's heads onto the teacher's."""
     entry = _entry(component)
     student = student or StudentSpec(name="student", depth=4, hidden_size=32, num_heads=4, grid=4)
     teacher = teacher or TeacherSpec(name="teacher", depth=4, embed_dim=24, num_heads=2, grid=4)
@@ -250,6 +251,16 @@ def check_alignment(
     assert inputs and all(x.grad is not None for x in inputs), (
         f"{entry.name}: the loss does not reach every captured tensor"
     )
+    view = alignment.attention_view()
+    for name, (student_block, teacher_block) in (view.pairs if view is not None else {}).items():
+        assert student_block in want_s.attn and teacher_block in want_t.attn, (
+            f"{entry.name}: attention_view pair {name} names blocks it does not capture"
+        )
+        with torch.no_grad():
+            mapped = view.map_heads(name, student_out.attn_logits[student_block][:, :, :3])
+        assert mapped.shape == (batch, teacher.num_heads, 3, tokens), (
+            f"{entry.name}: attention_view.map_heads gives {tuple(mapped.shape)}, expected the teacher's heads"
+        )
     return alignment
 
 
