@@ -43,8 +43,8 @@ bench-convergence: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/convergence.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check haste_core plugins tests benchmarks
-	$(VENV)/bin/ruff format --check haste_core plugins tests benchmarks
+	$(VENV)/bin/ruff check haste_core plugins tests benchmarks examples
+	$(VENV)/bin/ruff format --check haste_core plugins tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache haste.egg-info

@@ -386,7 +386,10 @@ class Termination(Component, ABC):
     the trainer:
 
     - ``check(config, labels=...)`` (a class method) runs when the recipe is validated, with the labels the
-      policy will govern: refuse what cannot work there (a metric name no step produces) with a ``RecipeError``.
+      policy will govern: refuse what cannot work there with a ``RecipeError``.
+    - ``metrics_read(config)`` (a class method) names the metrics ``update`` reads by name, as {setting: name}:
+      the recipe loader refuses a name no step gives the policy (``align/typo``), listing the valid ones, and the
+      contract check feeds them.
     - ``bind(labels, context)`` is called once, before training, with the labels of the alignments the policy
       governs (every alignment for a run-wide or ``watch`` policy) and a ``PolicyContext`` (the step budget,
       the steps per epoch); they are in ``self.terms`` and ``self.context``.
@@ -410,6 +413,11 @@ class Termination(Component, ABC):
     @classmethod
     def check(cls, config: Any, *, labels: list[str]) -> None:
         """Raise ``RecipeError`` (path relative to this node) if ``config`` cannot work for these labels."""
+
+    @classmethod
+    def metrics_read(cls, config: Any) -> dict[str, str]:
+        """{setting: metric name} for each metric of ``update`` that ``config`` reads by name; none by default."""
+        return {}
 
     def bind(self, labels: list[str], context: PolicyContext) -> None:
         """Learn which alignment labels this policy governs (or watches), and the run's schedule."""
