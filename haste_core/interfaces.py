@@ -285,6 +285,20 @@ class Student(Component, nn.Module, ABC):
     def null_cond(self, cond: Any) -> Any:
         """The unconditional counterpart of ``cond`` (the null class or null caption), for guidance."""
 
+    @classmethod
+    def from_published(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This student's ``state_dict`` named as ours, from the student tensors of a checkpoint of the reference
+        code (REPA/HASTE, official DiT); the inverse of ``to_published``. SiT and DiT name their keys as we do
+        (identity); a family whose reference layout differs translates here. Tensors that layout lacks are not made
+        up: ``import_checkpoint(supply=...)`` gives them."""
+        return dict(tensors)
+
+    @classmethod
+    def to_published(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This student's ``state_dict`` in the reference code's layout (what its ``generate.py`` loads); raises
+        ``CheckpointError`` when this configuration has no counterpart there."""
+        return dict(state)
+
 
 class Teacher(Component, nn.Module, ABC):
     """A frozen vision encoder. Runtime arguments: ``data`` (``DataSpec``), ``student`` (``StudentSpec``),
