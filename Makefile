@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "installing $(TORCH) and haste (editable, with test tools) into $(VENV)"
 	$(PY) -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	@# the distribution was called `haste` before it became haste-diffusion (`haste` on PyPI is another project)
+	-@$(PY) -m pip uninstall --quiet --disable-pip-version-check -y haste 2>/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 

@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"# ok: {summary(recipe)}; {'resume from ' + str(resume_from) if resume_from else 'fresh start'}")
         if missing:
             print(f"# note: data: {missing}")
+        from haste_core.weights.prefetch import missing_notes
+
+        for note in missing_notes(recipe, plugins, str(args.recipe)):
+            print(f"# note: weights: {note}")
         if recipe.eval.every:
             from haste_core.eval.inception import fid_weights_note
 
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"# note: eval: {note}")
         return 0
 
+    from haste_core.train.log_file import log_to_file
     from haste_core.train.trainer import Trainer  # imported late: a check never pays for it
 
     def train(env: distributed.DistEnv) -> None:
@@ -66,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if env.is_main:
             run_folder.write_recipe(recipe)
         distributed.barrier()
-        trainer.fit()
+        with log_to_file(recipe.run_dir, env.is_main):  # opened after recipe.yaml: the folder is this run's now
+            trainer.fit()
 
     try:
         return distributed.run_command(recipe.run.device, train, recipe.run.collective_timeout)

@@ -27,7 +27,7 @@ from haste_core.errors import Preempted
 from haste_core.eval.grid import sample_grid, save_png
 from haste_core.interfaces import Objective, RunContext, Student, TrainingPair
 from haste_core.plugins import Plugins
-from haste_core.train import activation_checkpointing, compilation, probe
+from haste_core.train import activation_checkpointing, attention_pictures, compilation, probe
 from haste_core.train.accumulate import accumulate, micro_slices
 from haste_core.train.ema import EMA
 from haste_core.train.guard import DivergenceGuard
@@ -106,6 +106,8 @@ class Trainer:
         self._micro_slices = micro_slices(per_rank, recipe.data.micro_batch_size)
         precision = recipe.precision
         self.throughput = Throughput(device, per_rank, precision.dtype, precision.tf32, recipe.perf.peak_tflops)
+        grid = recipe.student_spec.grid
+        self.pictures = attention_pictures.AttentionPictures(self.dataset, self.objective, grid, device)
         self.report = Reporter(env, recipe.data.global_batch_size, recipe.run_dir, recipe.run.max_steps)
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.stop, self.stop_agreement = StopRequest(), StopAgreement(recipe.run.collective_timeout)
@@ -349,13 +351,19 @@ class Trainer:
         return metrics
 
     def sample(self) -> None:
-        """A grid from the EMA student (eval mode), with the same noise every time, drawn by rank 0."""
+        """A grid from the EMA student (eval mode), with the same noise every time, and the attention pictures of
+        the live student (``train/attention_pictures.py``), drawn by rank 0."""
         if self.env.is_main:
             with self._autocast():
                 grid = sample_grid(self.ema.model, self.objective, self.dataset, self.recipe.sampling, self.env.device)
             path = self.recipe.run_dir / "samples" / f"step_{self.step:08d}.png"
             save_png(grid, path)
             self.plugins.samples_saved(self.run, self.step, grid, path)
+            with self._autocast():
+                pictures = self.pictures.draw(self.student, self.stage.views, self.stage.label_teachers())
+            if pictures:
+                attention_pictures.save(pictures, self.recipe.run_dir, self.step)
+                self.plugins.images(self.run, self.step, pictures)
         distributed.barrier()  # the other ranks wait here, so no rank counts sampling as training time
 
     # --- resume -----------------------------------------------------------------------------------------------
