@@ -46,6 +46,12 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+# Work done once per machine before the others may start (a download, a teacher trained once) can take far longer
+# than any collective of training should: `rank_zero_first` waits on a group of its own with this timeout.
+RANK_ZERO_FIRST_TIMEOUT = timedelta(hours=6)
+_patient_group: Any = None
+
+
 def setup(device: str = "auto", timeout: timedelta | None = None) -> DistEnv:
     """Pick the device and, when torchrun started several processes, create the process group (its collectives
     give up after ``timeout``; None: torch's default)."""
@@ -62,10 +68,14 @@ def setup(device: str = "auto", timeout: timedelta | None = None) -> DistEnv:
             dist.init_process_group(backend="nccl", device_id=chosen, timeout=timeout)
         else:
             dist.init_process_group(backend="gloo", timeout=timeout)
+        global _patient_group
+        _patient_group = dist.new_group(backend="gloo", timeout=RANK_ZERO_FIRST_TIMEOUT)  # every rank creates it
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
 
 def shutdown() -> None:
+    global _patient_group
+    _patient_group = None
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -132,14 +142,19 @@ def rank_zero_first() -> Iterator[None]:
     """Run the block on each machine's local rank 0 first; the other ranks wait, then run it too.
 
     Use it around work that fills a per-machine cache (a download, a teacher trained once): the later ranks
-    find the cache filled.
+    find the cache filled. They wait up to ``RANK_ZERO_FIRST_TIMEOUT``, not the training collectives' timeout.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    def wait() -> None:
+        if is_initialized():
+            dist.barrier(group=_patient_group)  # None (a group made outside `setup`): the default group
+
     if local_rank != 0:
-        barrier()
+        wait()
     yield
     if local_rank == 0:
-        barrier()
+        wait()
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
