@@ -5,7 +5,7 @@
 
 recipes/scenes_{vanilla,repa,haste}.yaml train with the same budget, one process each, once per seed (the seed
 sets the initial weights, the data order and the noise; the 512 training scenes are the same for every seed).
-Every ``--every`` steps the EMA student draws 500 class-balanced scenes (Euler, 25 steps, no guidance, the same
+Every ``--every`` steps the EMA student draws 300 class-balanced scenes (Euler, 16 steps, no guidance, the same
 noise every time) that the independent scorer (``haste_data.digit_scenes_score``: a CNN trained on scenes of
 held-out digits only) turns into a class accuracy and a Fréchet distance to held-out scenes (FD, lower is
 better). Rows are appended to ``<out>/convergence.csv`` as they come, so an interrupted run keeps what it did;
@@ -40,19 +40,18 @@ FD_LEVELS = (60.0, 40.0, 30.0, 20.0)
 FIELDS = ["method", "seed", "step", "accuracy", "fd"]
 
 
-def build(method: str, out: Path, seed: int, steps: int) -> Trainer:
-    recipe, plugins = load_recipe(
-        REPO / "recipes" / METHODS[method],
-        [f"run.output_dir={out}", f"run.name={method}_seed{seed}", f"run.seed={seed}", f"run.max_steps={steps}",
-         *QUIET],
-    )  # fmt: skip
+def build(method: str, out: Path, seed: int, steps: int, stop: int | None) -> Trainer:
+    changes = [f"run.output_dir={out}", f"run.name={method}_seed{seed}", f"run.seed={seed}", f"run.max_steps={steps}"]
+    if stop is not None and method == "HASTE":
+        changes.append(f"termination.step={stop}")
+    recipe, plugins = load_recipe(REPO / "recipes" / METHODS[method], [*changes, *QUIET])
     env = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     return Trainer(recipe, plugins, env)
 
 
-def haste_stop_step() -> int:
+def haste_stop_step(stop: int | None = None) -> int:
     recipe, _ = load_recipe(REPO / "recipes" / METHODS["HASTE"])
-    return recipe.termination.config.step
+    return stop if stop is not None else recipe.termination.config.step
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -65,6 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (at least 3 for a spread)")
     parser.add_argument("--steps", type=int, default=1200, help="training budget per run (the recipes' 1200)")
+    parser.add_argument("--stop", type=int, default=None, help="HASTE's last aligned step (default: the recipe's)")
     parser.add_argument("--every", type=int, default=100, help="score the EMA student every this many steps")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "convergence_scenes")
@@ -73,7 +73,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="[haste] %(message)s")
     if args.from_csv:
         rows = read_rows(args.from_csv)
-        plot(rows, args.from_csv.with_suffix(".png"), f"digit scenes ({args.from_csv.name})", haste_stop_step())
+        plot(rows, args.from_csv.with_suffix(".png"), f"digit scenes ({args.from_csv.name})", haste_stop_step(args.stop))
         summarise(rows)
         return 0
     methods = [m for m in args.methods.split(",") if m]
@@ -99,7 +99,7 @@ def main() -> int:
         for method in methods:
             if (method, seed) in finished:
                 continue
-            trainer = build(method, args.out / "runs", seed, args.steps)
+            trainer = build(method, args.out / "runs", seed, args.steps, args.stop)
             began = time.perf_counter()
             while trainer.step < args.steps:
                 for _ in range(min(args.every, args.steps - trainer.step)):
@@ -113,9 +113,10 @@ def main() -> int:
                       f"FD {fd:7.2f}  ({time.perf_counter() - began:.0f} s)", flush=True)  # fmt: skip
             del trainer
     print(f"all runs: {time.perf_counter() - began_all:.0f} s", flush=True)
-    title = (f"digit scenes 16x16, sit_micro_2, batch 64, seeds {args.seeds}; 500 EMA samples every {args.every} "
+    title = (f"digit scenes 16x16, sit_micro_4, batch 64, {args.steps} steps, HASTE stops after "
+             f"{haste_stop_step(args.stop)}, seeds {args.seeds}; 300 EMA samples every {args.every} "
              f"steps (Euler 25, no guidance); band: min-max over seeds")  # fmt: skip
-    plot(rows, args.out / "convergence.png", title, haste_stop_step())
+    plot(rows, args.out / "convergence.png", title, haste_stop_step(args.stop))
     summarise(rows)
     print(f"wrote {csv_path} and {args.out / 'convergence.png'}")
     return 0

@@ -28,19 +28,19 @@ from haste_data.digits import load_split
 
 log = logging.getLogger("haste")
 
-FEATURE_DIM = 128
+FEATURE_DIM = 64
 EPOCHS = 40  # each a fresh random scene of every held-out digit
 BATCH = 64
 LR = 2e-3
 SEED = 4321  # not the teacher's: the scorer shares no weights, data or randomness with scenes_vit
-CACHE_FORMAT = "digit_scenes_score/1"
-SAMPLES = 500  # images per score: 50 of each digit
-SAMPLE_STEPS = 25  # Euler steps, no guidance
+CACHE_FORMAT = "digit_scenes_score/2"
+SAMPLES = 300  # images per score: 30 of each digit
+SAMPLE_STEPS = 16  # Euler steps, no guidance
 NOISE_SEED = 7
 
 
 class SceneCNN(nn.Module):
-    """conv 32 → pool → conv 64 → pool → conv 64 → 128-d features → 10 logits, on 1×16×16 uint8 scenes."""
+    """conv 32 → pool → conv 64 → pool → conv 64 → 64-d features → 10 logits, on 1×16×16 uint8 scenes."""
 
     def __init__(self) -> None:
         super().__init__()

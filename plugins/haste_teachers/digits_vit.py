@@ -101,10 +101,10 @@ class ViTBlock(nn.Module):
 class DigitsViTNet(nn.Module):
     """The classifier network: patch embedding, class token, learned positions, blocks, norm, head."""
 
-    def __init__(self, image_side: int = IMAGE_SIDE) -> None:
+    def __init__(self, image_side: int = IMAGE_SIDE, patch_size: int = PATCH_SIZE) -> None:
         super().__init__()
-        grid = image_side // PATCH_SIZE
-        self.patch_embed = nn.Conv2d(1, EMBED_DIM, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
+        grid = image_side // patch_size
+        self.patch_embed = nn.Conv2d(1, EMBED_DIM, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, EMBED_DIM))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, EMBED_DIM) * 0.02)
         self.blocks = nn.ModuleList(ViTBlock() for _ in range(DEPTH))
@@ -132,6 +132,7 @@ class DigitsViT(Teacher):
 
     name = "digits_vit"
     image_side = IMAGE_SIDE  # what the network is trained on (a subclass trains on larger images)
+    patch_size = PATCH_SIZE
 
     @dataclass(kw_only=True, frozen=True)
     class Config:
@@ -183,10 +184,10 @@ class DigitsViT(Teacher):
         )
         with torch.random.fork_rng(devices=[]):  # a seeded random start that leaves the caller's RNG alone
             torch.manual_seed(TRAIN_SEED)
-            self.net = DigitsViTNet(self.image_side)
+            self.net = DigitsViTNet(self.image_side, self.patch_size)
         self.heldout_accuracy = self._load_weights(config, resolve_weights)
-        self.input_side = self.grid * PATCH_SIZE
-        if self.grid != self.image_side // PATCH_SIZE:  # match the student's grid: resample positions once, here
+        self.input_side = self.grid * self.patch_size
+        if self.grid != self.image_side // self.patch_size:  # match the student's grid: resample positions once, here
             self.net.pos_embed = nn.Parameter(_resample_positions(self.net.pos_embed.data, self.grid))
         self.eval().requires_grad_(False)
 
