@@ -73,7 +73,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="[haste] %(message)s")
     if args.from_csv:
         rows = read_rows(args.from_csv)
-        plot(rows, args.from_csv.with_suffix(".png"), f"digit scenes ({args.from_csv.name})", haste_stop_step(args.stop))
+        title = f"digit scenes ({args.from_csv.name})"
+        plot(rows, args.from_csv.with_suffix(".png"), title, haste_stop_step(args.stop))
         summarise(rows)
         return 0
     methods = [m for m in args.methods.split(",") if m]
@@ -161,7 +162,8 @@ def plot(rows: list[dict], path: Path, title: str, stop_step: int) -> None:
 def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     values = [scale * v for v in values]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+    low, high = min(values), max(values)
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def first_step(rows: list[dict], method: str, seed: int, level: float) -> int | None:

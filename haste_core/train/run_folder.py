@@ -113,8 +113,11 @@ def check_checkpoint_recipe(state: dict[str, Any], recipe: Recipe, source: Any) 
 def check_parent_recipe(state: dict[str, Any], recipe: Recipe, point: fork.ForkPoint) -> None:
     """A branch's recipe must be its parent's but for the acting termination policies (``haste_core.train.fork``)."""
     if int(state["step"]) != point.step:
-        raise CheckpointError(f"{point.parent} holds step {state['step']}, but {fork.FORK_FILE} forks at step {point.step}")
-    parent, branch = fork.without_acting_policies(state.get("recipe", {})), fork.without_acting_policies(recipe.to_dict())
+        raise CheckpointError(
+            f"{point.parent} holds step {state['step']}, but {fork.FORK_FILE} forks at step {point.step}"
+        )
+    parent = fork.without_acting_policies(state.get("recipe", {}))
+    branch = fork.without_acting_policies(recipe.to_dict())
     differences = recipe_differences(parent, branch)
     if differences:
         raise CheckpointError(

@@ -140,7 +140,9 @@ def sweep_termination(
 
 
 def _stop_text(row: SweepRow) -> str:
-    return "never (no alignment)" if row.stop == 0 else "never (aligned to the end)" if row.stop is None else str(row.stop)
+    if row.stop is None:
+        return "never (aligned to the end)"
+    return "never (no alignment)" if row.stop == 0 else str(row.stop)
 
 
 def write_tables(result: SweepResult, recipe: Recipe) -> None:
@@ -151,6 +153,8 @@ def write_tables(result: SweepResult, recipe: Recipe) -> None:
         for row in result.rows:
             writer.writerow([row.name, "" if row.stop is None else row.stop, f"{row.score:.6g}", row.run_dir])
     best = min(result.rows, key=lambda row: row.score)
+    fired = sorted(result.would_fire.items(), key=lambda item: item[1])
+    watched = ", ".join(f"{name} after step {step}" for name, step in fired) or "none fired (or none watched)"
     lines = [
         f"Termination sweep of {recipe.source} ({recipe.run.max_steps} steps; score: lower is better)",
         "",
@@ -159,9 +163,7 @@ def write_tables(result: SweepResult, recipe: Recipe) -> None:
         *[f"| {row.name} | {_stop_text(row)} | {row.score:.4g}{' (best)' if row is best else ''} |"
           for row in result.rows],
         "",
-        "Where the parent's watching policies would have fired: "
-        + (", ".join(f"{name} after step {step}" for name, step in sorted(result.would_fire.items(), key=lambda i: i[1]))
-           if result.would_fire else "none fired (or none watched)"),
+        f"Where the parent's watching policies would have fired: {watched}",
     ]  # fmt: skip
     (result.folder / "sweep.md").write_text("\n".join(lines) + "\n")
 

@@ -26,6 +26,7 @@ MAX_ROTATION_DEG = 25.0
 MAX_SHEAR = 0.25
 HELDOUT_SCENES = 2000  # scenes of the held-out digits: the scoring reference
 SPLITS = ("train", "heldout")
+TRAINING_DIGITS = 1438  # the digits data set's training split (80 % of 1,797)
 
 
 def make_scenes(digits: Tensor, generator: torch.Generator) -> Tensor:
@@ -74,8 +75,8 @@ class DigitScenes(OpenedDataset):
         seed: int = 0  # which digits and which placements
 
         def __post_init__(self) -> None:
-            if not 0 < self.num_items <= 1437:
-                raise RecipeError(f"must be between 1 and 1437 (the training digits), got {self.num_items}", "num_items")
+            if not 0 < self.num_items <= TRAINING_DIGITS:
+                raise RecipeError(f"must be between 1 and {TRAINING_DIGITS}, got {self.num_items}", "num_items")
 
     @classmethod
     def describe(cls, config: Config) -> DataSpec:

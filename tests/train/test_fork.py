@@ -106,7 +106,17 @@ def test_sweep_writes_its_table_and_plot_with_every_run(tmp_path, capsys):
     ],
 )
 def test_sweep_refuses_bad_arguments_before_training(tmp_path, capsys, arguments, message):
-    assert haste(["sweep-termination", str(TINY_RECIPE), *arguments, f"run.output_dir={tmp_path}",
-                  *(["--score", "tests.train.test_fork:score_by_weights"] if "--score" not in arguments else [])]) == 2
+    assert (
+        haste(
+            [
+                "sweep-termination",
+                str(TINY_RECIPE),
+                *arguments,
+                f"run.output_dir={tmp_path}",
+                *(["--score", "tests.train.test_fork:score_by_weights"] if "--score" not in arguments else []),
+            ]
+        )
+        == 2
+    )
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
