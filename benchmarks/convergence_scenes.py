@@ -68,14 +68,17 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=100, help="score the EMA student every this many steps")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "convergence_scenes")
+    parser.add_argument("--fd-levels", default=",".join(f"{v:g}" for v in FD_LEVELS), help="FD levels to reach")
     parser.add_argument("--from-csv", type=Path, default=None, help="only re-summarise and re-plot a CSV this wrote")
     args = parser.parse_args()
+    levels = [float(v) for v in args.fd_levels.split(",") if v]
     logging.basicConfig(level=logging.INFO, format="[haste] %(message)s")
     if args.from_csv:
         rows = read_rows(args.from_csv)
-        title = f"digit scenes ({args.from_csv.name})"
-        plot(rows, args.from_csv.with_suffix(".png"), title, haste_stop_step(args.stop))
-        summarise(rows)
+        if not args.from_csv.with_suffix(".png").is_file():  # the run's own plot (its settings in the title) stays
+            title = f"digit scenes ({args.from_csv.name})"
+            plot(rows, args.from_csv.with_suffix(".png"), title, haste_stop_step(args.stop))
+        summarise(rows, levels)
         return 0
     methods = [m for m in args.methods.split(",") if m]
     if unknown := [m for m in methods if m not in METHODS]:
@@ -118,7 +121,7 @@ def main() -> int:
              f"{haste_stop_step(args.stop)}, seeds {args.seeds}; 300 EMA samples every {args.every} "
              f"steps (Euler 25, no guidance); band: min-max over seeds")  # fmt: skip
     plot(rows, args.out / "convergence.png", title, haste_stop_step(args.stop))
-    summarise(rows)
+    summarise(rows, levels)
     print(f"wrote {csv_path} and {args.out / 'convergence.png'}")
     return 0
 
@@ -177,7 +180,7 @@ def separated(a: list[float], b: list[float]) -> bool:
     return max(a) < min(b) or max(b) < min(a)
 
 
-def summarise(rows: list[dict]) -> None:
+def summarise(rows: list[dict], levels: list[float]) -> None:
     """Final quality with its spread, steps to fixed FD levels per seed, and which differences are separated."""
     methods = list(dict.fromkeys(row["method"] for row in rows))
     base = "vanilla" if "vanilla" in methods else methods[0]
@@ -196,7 +199,7 @@ def summarise(rows: list[dict]) -> None:
     print(f"\nsteps to reach FD <= level, per seed ('-': not within {last} steps); mean [min, max] where all reached")
     print("| FD level | " + " | ".join(methods) + " |")
     print("|---|" + "---|" * len(methods))
-    for level in FD_LEVELS:
+    for level in levels:
         cells, reached = [], {}
         for m in methods:
             steps = [first_step(rows, m, s, level) for s in seeds[m]]
