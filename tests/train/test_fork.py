@@ -20,24 +20,26 @@ NEVER = "termination={name: never}"
 
 
 def test_a_forked_branch_equals_a_run_that_stops_at_k_from_the_start(tiny, plugins, tmp_path):
-    straight = trainer_for(tiny("termination.step=3", f"run.output_dir={tmp_path / 'a'}"), plugins)
+    straight = trainer_for(tiny("termination.step=3", "run.max_steps=6", f"run.output_dir={tmp_path / 'a'}"), plugins)
     straight.fit()
-    parent = tiny(NEVER, "run.checkpoint_every=3", f"run.output_dir={tmp_path / 'p'}", "run.name=parent")
+    parent = tiny(
+        NEVER, "run.checkpoint_every=3", "run.max_steps=6", f"run.output_dir={tmp_path / 'p'}", "run.name=parent"
+    )
     trainer_for(parent, plugins).fit()
     parent_checkpoint = checkpoint.step_path(parent.run_dir, 3)
 
-    branch = tiny("termination.step=3", f"run.output_dir={tmp_path / 'b'}", "run.name=stop_3", "run.max_steps=6")
+    branch = tiny("termination.step=3", f"run.output_dir={tmp_path / 'b'}", "run.name=stop_3", "run.max_steps=5")
     run_folder.write_recipe(branch)
     fork.write(branch.run_dir, parent_checkpoint, 3)
     assert run_folder.resume_source(branch) == parent_checkpoint.resolve()
     forked = trainer_for(branch, plugins)
     assert forked.step == 3 and forked.stage.teachers == {} and forked.stage.alignments == {}
     assert [group["name"] for group in forked.optimizer.param_groups] == ["student"]
-    forked.fit()  # to step 6, then resumed like any run from its own checkpoint
-    assert [p.name for p in checkpoint.step_files(branch.run_dir)] == ["step_00000004.pt", "step_00000006.pt"]
-    assert run_folder.resume_source(tiny("termination.step=3", f"run.output_dir={tmp_path / 'b'}",
-                                         "run.name=stop_3")) == checkpoint.latest_path(branch.run_dir)  # fmt: skip
-    resumed = trainer_for(tiny("termination.step=3", f"run.output_dir={tmp_path / 'b'}", "run.name=stop_3"), plugins)
+    forked.fit()  # to step 5, then resumed like any run from its own checkpoint
+    assert [p.name for p in checkpoint.step_files(branch.run_dir)] == ["step_00000004.pt", "step_00000005.pt"]
+    again = tiny("termination.step=3", "run.max_steps=6", f"run.output_dir={tmp_path / 'b'}", "run.name=stop_3")
+    assert run_folder.resume_source(again) == checkpoint.latest_path(branch.run_dir)
+    resumed = trainer_for(again, plugins)
     resumed.fit()
 
     assert_same_training_state(straight, resumed)
@@ -47,14 +49,14 @@ def test_a_forked_branch_equals_a_run_that_stops_at_k_from_the_start(tiny, plugi
 
 
 def test_a_branch_must_share_everything_but_the_termination_with_its_parent(tiny, plugins, tmp_path):
-    parent = tiny(NEVER, "run.checkpoint_every=2", "run.max_steps=4", f"run.output_dir={tmp_path / 'p'}")
+    parent = tiny(NEVER, "run.checkpoint_every=2", "run.max_steps=2", f"run.output_dir={tmp_path / 'p'}")
     trainer_for(parent, plugins).fit()
     other = tiny("termination.step=2", "optimizer.lr=0.5", f"run.output_dir={tmp_path / 'b'}")
     run_folder.write_recipe(other)
     fork.write(other.run_dir, checkpoint.step_path(parent.run_dir, 2), 2)
     with pytest.raises(CheckpointError, match=re.escape("differ in more than the termination policy (optimizer.lr")):
         run_folder.resume_source(other)
-    stopped = tiny("termination.step=1", "run.checkpoint_every=2", f"run.output_dir={tmp_path / 's'}")
+    stopped = tiny("termination.step=1", "run.max_steps=2", f"run.output_dir={tmp_path / 's'}")
     trainer_for(stopped, plugins).fit()  # stops aligning after step 1: cannot be forked at step 2
     branch = tiny("termination.step=2", f"run.output_dir={tmp_path / 'c'}")
     run_folder.write_recipe(branch)
@@ -72,7 +74,8 @@ def score_by_weights(trainer) -> float:
 def test_sweep_writes_its_table_and_plot_with_every_run(tmp_path, capsys):
     status = haste([
         "sweep-termination", str(TINY_RECIPE), "--at", "4,2", "--score", "tests.train.test_fork:score_by_weights",
-        f"run.output_dir={tmp_path}", "run.checkpoint_every=0", "termination.watch=[{name: fixed_step, step: 3}]",
+        f"run.output_dir={tmp_path}", "run.max_steps=6", "run.checkpoint_every=0",
+        "termination.watch=[{name: fixed_step, step: 3}]",
     ])  # fmt: skip
     assert status == 0
     folder = tmp_path / "tiny-sweep"
@@ -89,7 +92,7 @@ def test_sweep_writes_its_table_and_plot_with_every_run(tmp_path, capsys):
     for k in (2, 4):  # each branch names its parent checkpoint and holds only its own
         point = yaml.safe_load((folder / f"stop_{k}" / "fork.yaml").read_text())
         assert point == {"parent": str(checkpoint.step_path(folder / "parent", k)), "step": k}
-        assert [p.name for p in checkpoint.step_files(folder / f"stop_{k}")] == ["step_00000008.pt"]
+        assert [p.name for p in checkpoint.step_files(folder / f"stop_{k}")] == ["step_00000006.pt"]
     assert sorted(p.name for p in checkpoint.step_files(folder / "parent"))[:2] == [
         "step_00000002.pt", "step_00000004.pt"
     ]  # fmt: skip
