@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from haste_data.digit_scenes_score import draw, sample_inputs, scorer
+from haste_data.digit_scenes_score import SAMPLE_STEPS, SAMPLES, draw, sample_inputs, scorer
 
 from haste_core import distributed
 from haste_core.config.recipe import load_recipe
@@ -76,7 +76,10 @@ def main() -> int:
     if args.from_csv:
         rows = read_rows(args.from_csv)
         if not args.from_csv.with_suffix(".png").is_file():  # the run's own plot (its settings in the title) stays
-            title = f"digit scenes ({args.from_csv.name})"
+            seeds = sorted({row["seed"] for row in rows})
+            title = (f"digit scenes 16x16, sit_micro_4, batch 64, HASTE stops after {haste_stop_step(args.stop)}, "
+                     f"seeds {seeds}; {SAMPLES} EMA samples (Euler {SAMPLE_STEPS}, no guidance); band: min-max over "
+                     f"seeds ({args.from_csv.name})")  # fmt: skip
             plot(rows, args.from_csv.with_suffix(".png"), title, haste_stop_step(args.stop))
         summarise(rows, levels)
         return 0
@@ -118,8 +121,8 @@ def main() -> int:
             del trainer
     print(f"all runs: {time.perf_counter() - began_all:.0f} s", flush=True)
     title = (f"digit scenes 16x16, sit_micro_4, batch 64, {args.steps} steps, HASTE stops after "
-             f"{haste_stop_step(args.stop)}, seeds {args.seeds}; 300 EMA samples every {args.every} "
-             f"steps (Euler 25, no guidance); band: min-max over seeds")  # fmt: skip
+             f"{haste_stop_step(args.stop)}, seeds {args.seeds}; {SAMPLES} EMA samples every {args.every} "
+             f"steps (Euler {SAMPLE_STEPS}, no guidance); band: min-max over seeds")  # fmt: skip
     plot(rows, args.out / "convergence.png", title, haste_stop_step(args.stop))
     summarise(rows, levels)
     print(f"wrote {csv_path} and {args.out / 'convergence.png'}")
