@@ -45,8 +45,8 @@ bench-convergence: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/convergence_scenes.py --seeds $(SEEDS) --steps $(STEPS) $(if $(STOP),--stop $(STOP))
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check haste_core plugins tests benchmarks
-	$(VENV)/bin/ruff format --check haste_core plugins tests benchmarks
+	$(VENV)/bin/ruff check haste_core plugins tests benchmarks examples
+	$(VENV)/bin/ruff format --check haste_core plugins tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache haste.egg-info

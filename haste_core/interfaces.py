@@ -274,6 +274,20 @@ class Student(Component, nn.Module, ABC):
     def null_cond(self, cond: Any) -> Any:
         """The unconditional counterpart of ``cond`` (the null class or null caption), for guidance."""
 
+    @classmethod
+    def from_published(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This student's ``state_dict`` named as ours, from the student tensors of a checkpoint of the reference
+        code (REPA/HASTE, official DiT); the inverse of ``to_published``. SiT and DiT name their keys as we do
+        (identity); a family whose reference layout differs translates here. Tensors that layout lacks are not made
+        up: ``import_checkpoint(supply=...)`` gives them."""
+        return dict(tensors)
+
+    @classmethod
+    def to_published(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This student's ``state_dict`` in the reference code's layout (what its ``generate.py`` loads); raises
+        ``CheckpointError`` when this configuration has no counterpart there."""
+        return dict(state)
+
 
 class Teacher(Component, nn.Module, ABC):
     """A frozen vision encoder. Runtime arguments: ``data`` (``DataSpec``), ``student`` (``StudentSpec``),
@@ -369,7 +383,10 @@ class Termination(Component, ABC):
     the trainer:
 
     - ``check(config, labels=...)`` (a class method) runs when the recipe is validated, with the labels the
-      policy will govern: refuse what cannot work there (a metric name no step produces) with a ``RecipeError``.
+      policy will govern: refuse what cannot work there with a ``RecipeError``.
+    - ``metrics_read(config)`` (a class method) names the metrics ``update`` reads by name, as {setting: name}:
+      the recipe loader refuses a name no step gives the policy (``align/typo``), listing the valid ones, and the
+      contract check feeds them.
     - ``bind(labels, context)`` is called once, before training, with the labels of the alignments the policy
       governs (every alignment for a run-wide or ``watch`` policy) and a ``PolicyContext`` (the step budget,
       the steps per epoch); they are in ``self.terms`` and ``self.context``.
@@ -393,6 +410,11 @@ class Termination(Component, ABC):
     @classmethod
     def check(cls, config: Any, *, labels: list[str]) -> None:
         """Raise ``RecipeError`` (path relative to this node) if ``config`` cannot work for these labels."""
+
+    @classmethod
+    def metrics_read(cls, config: Any) -> dict[str, str]:
+        """{setting: metric name} for each metric of ``update`` that ``config`` reads by name; none by default."""
+        return {}
 
     def bind(self, labels: list[str], context: PolicyContext) -> None:
         """Learn which alignment labels this policy governs (or watches), and the run's schedule."""

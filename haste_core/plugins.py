@@ -122,14 +122,16 @@ def load_plugins(local: Sequence[str] = (), *, base_dir: Path | None = None) -> 
     pm = pluggy.PluginManager("haste")
     pm.add_hookspecs(hookspecs)
     sources: dict[str, str] = {}
+    local_files: set[Path] = set()
     for spec in local:
         name, module = _import_local(spec, base_dir)
         _register(pm, module, name)
         sources[name] = f"local module {module.__file__}"
+        local_files.add(Path(module.__file__).resolve())
     for name in _env_list("HASTE_BLOCK_PLUGINS"):
         pm.set_blocked(name)
     if not _env_flag("HASTE_DISABLE_PLUGIN_AUTOLOAD"):
-        _load_entry_points(pm, sources)
+        _load_entry_points(pm, sources, local_files)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -180,10 +182,12 @@ def _import_local(spec: str, base_dir: Path | None) -> tuple[str, ModuleType]:
         ) from exc
 
 
-def _load_entry_points(pm: pluggy.PluginManager, sources: dict[str, str]) -> None:
+def _load_entry_points(pm: pluggy.PluginManager, sources: dict[str, str], local_files: set[Path]) -> None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
             continue  # blocked, or the same distribution seen twice on sys.path
+        if local_files and _module_file(ep.module) in local_files:
+            continue  # the recipe's plugins: list named this module's file already
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown distribution"
         try:
             module = ep.load()
@@ -196,6 +200,15 @@ def _load_entry_points(pm: pluggy.PluginManager, sources: dict[str, str]) -> Non
             continue  # the recipe's plugins: list named this module already
         _register(pm, module, ep.name)
         sources[ep.name] = dist
+
+
+def _module_file(name: str) -> Path | None:
+    """The file module ``name`` would be imported from (its parent packages are imported), or None."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except Exception:
+        return None  # ep.load() reports the failure with the plugin's name
+    return Path(spec.origin).resolve() if spec is not None and spec.origin else None
 
 
 def _trace(message: str) -> None:

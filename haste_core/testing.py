@@ -12,16 +12,21 @@ Big students (over ``max_params`` parameters) are checked on the meta device: sh
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from haste_core.config.policy_metrics import check_metrics_read
+from haste_core.errors import RecipeError
 from haste_core.interfaces import (
     Alignment,
     Capture,
     Dataset,
     DataSpec,
+    Fired,
     Objective,
     PolicyContext,
     Student,
@@ -32,6 +37,7 @@ from haste_core.interfaces import (
     TeacherSpec,
     Termination,
 )
+from haste_core.ops import DENOISE, REACH_PREFIX, dot_key
 from haste_core.registry import Entry
 
 SMALL_DATA = DataSpec(x_shape=(4, 16, 16), image_shape=(3, 16, 16), num_classes=10, num_items=64)
@@ -209,6 +215,15 @@ def check_teacher(
     return teacher
 
 
+DEFAULT_STUDENT = StudentSpec(name="student", depth=4, hidden_size=32, num_heads=4, grid=4)
+# a teacher of another width and head count (a loss with a projector or head mapping), and one of the student's
+# (a loss without heads, such as a Gram-matrix or token-similarity loss)
+DEFAULT_TEACHERS = (
+    TeacherSpec(name="teacher", depth=4, embed_dim=24, num_heads=2, grid=4),
+    TeacherSpec(name="same_width_teacher", depth=4, embed_dim=32, num_heads=4, grid=4),
+)
+
+
 def check_alignment(
     component: Entry | type,
     *,
@@ -216,15 +231,35 @@ def check_alignment(
     teacher: TeacherSpec | None = None,
     batch: int = 2,
 ) -> Alignment:
-    """Declared captures are enough to compute the loss; the loss is an fp32 scalar with a gradient."""
+    """Declared captures are enough to compute the loss; the loss is an fp32 scalar that reaches every captured
+    student tensor; metrics are scalars.
+
+    Without ``student``/``teacher`` the check runs for each of ``DEFAULT_TEACHERS`` (another width, the same
+    width) that the alignment's ``check`` accepts, at least one; given, for that pair only. Returns the last
+    alignment built."""
     entry = _entry(component)
-    student = student or StudentSpec(name="student", depth=4, hidden_size=32, num_heads=4, grid=4)
-    teacher = teacher or TeacherSpec(name="teacher", depth=4, embed_dim=24, num_heads=2, grid=4)
-    config = entry.cls.example_config(student=student, teacher=teacher)
-    entry.cls.check(config, student=student, teacher=teacher)
+    student = student or DEFAULT_STUDENT
+    pairs = [(student, teacher)] if teacher is not None else [(student, t) for t in DEFAULT_TEACHERS]
+    accepted, refusals = [], []
+    for pair_student, pair_teacher in pairs:
+        config = entry.cls.example_config(student=pair_student, teacher=pair_teacher)
+        try:
+            entry.cls.check(config, student=pair_student, teacher=pair_teacher)
+        except RecipeError as exc:
+            refusals.append(f"{pair_teacher}: {exc}")
+            continue
+        accepted.append((config, pair_student, pair_teacher))
+    assert accepted, f"{entry.name}: check() refuses its example_config for every teacher tried: {refusals}"
+    return [_exercise_alignment(entry, *case, batch=batch) for case in accepted][-1]
+
+
+def _exercise_alignment(
+    entry: Entry, config: Any, student: StudentSpec, teacher: TeacherSpec, *, batch: int
+) -> Alignment:
     alignment = entry.build(config, student=student, teacher=teacher)
     assert isinstance(alignment, Alignment), f"{entry.name} builds a {type(alignment).__name__}, not an Alignment"
-    tokens, generator = student.grid**2, torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    tokens, teacher_tokens, teacher_maps = student.grid**2, teacher.token_grid**2, teacher.grid**2
     want_s, want_t = alignment.student_capture(), alignment.teacher_request()
 
     def rand(*shape: int, grad: bool = False) -> Tensor:
@@ -236,56 +271,103 @@ def check_alignment(
         attn_logits={i: rand(batch, student.num_heads, tokens, tokens, grad=True) for i in want_s.attn},
     )
     teacher_out = TeacherOutput(
-        tokens={i: rand(batch, tokens, teacher.embed_dim) for i in want_t.hidden},
-        attn_logits={i: rand(batch, teacher.num_heads, tokens, tokens) for i in want_t.attn},
+        tokens={i: rand(batch, teacher_tokens, teacher.embed_dim) for i in want_t.hidden},
+        attn_logits={i: rand(batch, teacher.num_heads, teacher_maps, teacher_maps) for i in want_t.attn},
     )
+    where = f"{entry.name} (student width {student.hidden_size}, teacher width {teacher.embed_dim})"
     loss, metrics = alignment(student_out, teacher_out)
     assert loss.shape == () and loss.dtype == torch.float32, (
-        f"{entry.name}: loss must be an fp32 scalar, got {loss.dtype} {tuple(loss.shape)}"
+        f"{where}: loss must be an fp32 scalar, got {loss.dtype} {tuple(loss.shape)}"
     )
-    assert torch.isfinite(loss), f"{entry.name}: loss is not finite"
-    assert all(v.shape == () for v in metrics.values()), f"{entry.name}: metrics must be scalars"
+    assert torch.isfinite(loss), f"{where}: loss is not finite"
+    assert all(v.shape == () for v in metrics.values()), f"{where}: metrics must be scalars"
     loss.backward()
     inputs = [*student_out.hidden.values(), *student_out.attn_logits.values()]
-    assert inputs and all(x.grad is not None for x in inputs), (
-        f"{entry.name}: the loss does not reach every captured tensor"
-    )
+    assert inputs and all(x.grad is not None for x in inputs), f"{where}: the loss does not reach every captured tensor"
     return alignment
 
 
-def check_termination(component: Entry | type, *, steps: int = 50) -> Termination:
-    """Decisions are Fired or None, a policy restored from its state_dict decides like the original, weight
-    scales lie in [0, 1] and the probe interval is a non-negative integer."""
+def policy_step_metrics(step: int, labels: Sequence[str], probe: bool = False) -> dict[str, Tensor]:
+    """What a policy governing ``labels`` is given after ``step``: the losses (falling, then levelling off) and
+    each alignment's term (with one extra metric, ``align/<label>/extra``); on probe steps also the gradient
+    probe's ``grad/dot/<a>/<b>`` and ``grad/denoise_sq/<labels>`` (alignments pulling slightly against denoising)."""
+    decay = 1.0 / math.sqrt(step)
+    metrics = {"loss/denoise": torch.tensor(0.5 + decay)}
+    for index, label in enumerate(labels):
+        metrics[f"align/{label}"] = torch.tensor(-0.8 + 0.5 * decay / (index + 1))
+        metrics[f"align/{label}/extra"] = torch.tensor(decay)
+    metrics["loss/total"] = metrics["loss/denoise"] + 0.5 * sum(metrics[f"align/{label}"] for label in labels)
+    if probe:
+        terms = [DENOISE, *labels]
+        for i, a in enumerate(terms):
+            for b in terms[i:]:
+                metrics[dot_key(a, b)] = torch.tensor(1.0 if a == b else -0.1 * decay)
+        if labels:
+            metrics[f"{REACH_PREFIX}{'+'.join(labels)}"] = torch.tensor(1.0)
+    return metrics
+
+
+def check_termination(
+    component: Entry | type, *, labels: Sequence[str] = ("align",), steps: int = 400, steps_per_epoch: int = 10
+) -> Termination:
+    """The example config passes the recipe-time checks for ``labels`` (the alignments the policy governs);
+    decisions are ``Fired`` or None and stop at the first ``Fired``; a policy restored from its state_dict half
+    way decides like the original; weight scales lie in [0, 1]; the probe interval is an int >= 0.
+
+    The policy is given what the trainer gives it (``policy_step_metrics``) for ``steps`` steps, enough for one
+    that reads its values every 100 steps to read them several times, and the probe's values on its probe steps.
+    """
     entry = _entry(component)
     config = entry.cls.example_config()
+    labels = list(labels)
+    try:
+        check_metrics_read(entry.cls, config, labels)
+        entry.cls.check(config, labels=labels)
+    except RecipeError as exc:
+        raise AssertionError(f"{entry.name}: example_config() is refused for alignments {labels}: {exc}") from None
+    context = PolicyContext(max_steps=steps, steps_per_epoch=steps_per_epoch)
 
-    def metrics(step: int) -> dict[str, Tensor]:
-        return {
-            "loss/denoise": torch.tensor(1.0 / step),
-            "loss/total": torch.tensor(2.0 / step),
-            "align/align": torch.tensor(3.0 / step),
-        }
+    def bound() -> Termination:
+        policy = entry.build(config)
+        assert isinstance(policy, Termination), f"{entry.name} builds a {type(policy).__name__}, not a Termination"
+        policy.bind(labels, context)
+        return policy
 
-    context = PolicyContext(max_steps=steps, steps_per_epoch=10)
-    straight = entry.build(config)
-    assert isinstance(straight, Termination), f"{entry.name} builds a {type(straight).__name__}, not a Termination"
-    straight.bind(["align"], context)
+    def decide(policy: Termination, step: int) -> bool:
+        every = policy.probe_every
+        metrics = policy_step_metrics(step, labels, probe=every > 0 and step % every == 0)
+        try:
+            decision = policy.update(step, metrics)
+        except Exception as exc:
+            raise AssertionError(
+                f"{entry.name}.update failed at step {step} given {', '.join(metrics)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        assert decision is None or isinstance(decision, Fired), (
+            f"{entry.name}.update must return Fired or None, got {decision!r} at step {step}"
+        )
+        return decision is not None
+
+    straight = bound()
     every = straight.probe_every
     assert isinstance(every, int) and every >= 0, f"{entry.name}: probe_every must be an int >= 0, got {every!r}"
     scales = [straight.weight_scale(step) for step in range(1, steps + 1)]
     assert all(0.0 <= s <= 1.0 for s in scales), f"{entry.name}: weight_scale must lie in [0, 1], got {scales}"
-    resumed = entry.build(config)
-    decisions, replayed = [], []
+    half = steps // 2
+    resumed: Termination | None = None
+    fired_at = None
     for step in range(1, steps + 1):
-        decisions.append(straight.update(step, metrics(step)) is not None)
-        if step == steps // 2:
-            state = straight.state_dict()
-            resumed = entry.build(config)
-            resumed.bind(["align"], context)
-            resumed.load_state_dict(state)
-        elif step > steps // 2:
-            replayed.append(resumed.update(step, metrics(step)) is not None)
-    assert replayed == decisions[steps // 2 :], f"{entry.name}: a policy restored from state_dict decides differently"
+        if decide(straight, step):
+            fired_at = step
+            break
+        if step == half:
+            resumed = bound()
+            resumed.load_state_dict(straight.state_dict())
+    if resumed is not None:
+        replayed = next((step for step in range(half + 1, steps + 1) if decide(resumed, step)), None)
+        assert replayed == fired_at, (
+            f"{entry.name}: a policy restored from its state_dict at step {half} fires at step {replayed}, "
+            f"the original at step {fired_at}"
+        )
     return straight
 
 

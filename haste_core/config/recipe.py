@@ -25,6 +25,7 @@ from haste_core.config.nodes import (
     data_node,
     unique_labels,
 )
+from haste_core.config.policy_metrics import check_metrics_read
 from haste_core.config.sections import (
     EMAConfig,
     EvalConfig,
@@ -165,7 +166,7 @@ def validate(raw: Mapping[str, Any], plugins: Plugins, *, world_size: int = 1, s
         termination_raw, watch = _watch_nodes(raw["termination"], plugins)
         if termination_raw or not watch:  # {watch: [...]} alone: observers, every alignment has its own policy
             termination = component(termination_raw, plugins.registry("terminations"), "termination")
-    _check_termination(alignments, termination, watch)
+    _check_termination(alignments, termination, watch, plugins.registry("terminations").names())
     unused = sorted(set(teachers) - {node.teacher for node in alignments})
     if unused:
         raise RecipeError(
@@ -246,7 +247,7 @@ def _teacher_nodes(raw: Mapping[str, Any], plugins: Plugins) -> dict[str, Node]:
         return {SINGLE_TEACHER_KEY: component(raw["teacher"], registry, "teacher")}
     many = raw.get("teachers") or {}
     if not isinstance(many, Mapping):
-        raise RecipeError("expected a mapping of key -> teacher node, like {dino: {name: dinov2_vitb14}}", "teachers")
+        raise RecipeError("expected a mapping of key -> teacher node, like {features: {name: ...}}", "teachers")
     return {str(key): component(node, registry, f"teachers.{key}") for key, node in many.items()}
 
 
@@ -254,7 +255,9 @@ def _teacher_path(raw: Mapping[str, Any], key: str) -> str:
     return "teacher" if raw.get("teacher") is not None else f"teachers.{key}"
 
 
-def _check_termination(alignments: Sequence[AlignmentNode], termination: Node | None, watch: Sequence[Node]) -> None:
+def _check_termination(
+    alignments: Sequence[AlignmentNode], termination: Node | None, watch: Sequence[Node], policies: Sequence[str]
+) -> None:
     """Every alignment has exactly one governing policy, and each policy accepts the labels it will see."""
     if not alignments and (termination is not None or watch):
         raise RecipeError(
@@ -272,13 +275,14 @@ def _check_termination(alignments: Sequence[AlignmentNode], termination: Node | 
         watching = " (termination.watch policies only observe)" if watch else ""
         raise RecipeError(
             f"{orphans[0].path} has no termination policy{watching}; add a run-wide 'termination' section "
-            "(e.g. {name: fixed_step, step: 250000}, or {name: never} for REPA) or one on the alignment",
+            f"({{name: ...}} with one of: {', '.join(policies) or 'none registered'}) or one on the alignment",
             "termination",
         )
     governed = [(termination, [node.label for node in orphans])] if termination is not None else []
     governed += [(node.termination, [node.label]) for node in alignments if node.termination is not None]
     governed += [(policy, [node.label for node in alignments]) for policy in watch]
     for policy, labels in governed:
+        policy.call(lambda p=policy, labels=labels: check_metrics_read(p.entry.cls, p.config, labels))
         policy.call(lambda p=policy, labels=labels: p.entry.cls.check(p.config, labels=labels))
 
 

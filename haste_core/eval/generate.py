@@ -102,10 +102,11 @@ def generate_folder(
     label_mode: str = "balanced",
     batch: int = 64,
     use_ema: bool = True,
+    preset: str | None = None,
 ) -> Path | None:
     """Write images 0..num-1 of ``checkpoint_path``'s student to ``out`` (this rank's share; images already there are
     kept), then on rank 0 the ``.npz`` next to ``out`` and ``out/sampling.json``; returns the ``.npz`` path on rank 0
-    (None on the others)."""
+    (None on the others). ``preset``: the evaluation preset the settings come from, recorded in ``sampling.json``."""
     _, student, objective, dataset = load_student(checkpoint_path, env.device, use_ema=use_ema)
     classes = dataset.spec.num_classes
     labels = image_labels(num, classes, label_mode, config.seed) if classes else None
@@ -139,7 +140,7 @@ def generate_folder(
               "num": num, "labels": label_mode if classes else "data set sample conditions",
               "weights": "ema" if use_ema else "live", "sampler": config.sampler, "steps": config.steps,
               "cfg_scale": config.cfg_scale, "guidance_interval": list(config.guidance_interval), "seed": config.seed,
-              "npz": str(npz)}  # fmt: skip
+              "preset": preset, "npz": str(npz)}  # fmt: skip
     (out / "sampling.json").write_text(json.dumps(record, indent=1))
     log.info(f"wrote {num} PNGs to {out} and {npz} ({record['labels']} labels)")
     return npz

@@ -3,7 +3,9 @@ the EMA student against a reference batch, logged as ``eval/fid`` through the no
 
 Every process draws its share of the images (class-balanced labels, the ``sampling`` section's sampler, the same
 noise every time) and computes their Inception pool features; rank 0 gathers them and computes the Fréchet distance
-against the reference statistics, computed once at start; the value is broadcast so all ranks log the same number.
+against the reference statistics (those stored in the reference file, ``mu``/``sigma``, when it has them, as the
+ADM suite; else those of its images, computed once at start), with the same Inception network and input path as
+``haste evaluate`` (``haste_core.eval.inception``); the value is broadcast so all ranks log the same number.
 FID-k with k = a few thousand is biased upwards against FID-50K: compare runs with the same k, not with papers.
 """
 
@@ -21,7 +23,7 @@ from haste_core.distributed import DistEnv
 from haste_core.eval.fid import frechet_distance, gaussian_stats
 from haste_core.eval.generate import generate, image_labels
 from haste_core.eval.inception import load_fid_inception
-from haste_core.eval.scores import read_images
+from haste_core.eval.scores import read_reference, reference_statistics
 
 log = logging.getLogger("haste")
 
@@ -34,11 +36,14 @@ class FIDEvaluator:
         self.network = load_fid_inception(config.inception or None, env.device)
         self.reference = None
         if env.is_main:
-            images = read_images(config.reference)
-            features = self._pool(torch.from_numpy(images).permute(0, 3, 1, 2))
-            self.reference = gaussian_stats(features)
-            log.info(f"eval: FID-{config.num_samples} every {config.every} steps against {len(images)} images "
-                     f"of {config.reference}")  # fmt: skip
+            reference = read_reference(config.reference)
+            outputs = None
+            if "pool" not in reference.stored:  # as the ADM suite: stored statistics when the file has them
+                outputs = {"pool": self._pool(torch.from_numpy(reference.images).permute(0, 3, 1, 2))}
+            self.reference, source = reference_statistics(reference.stored, outputs, "pool")
+            against = "its stored mu/sigma" if source == "stored" else f"its {len(reference.images)} images"
+            log.info(f"eval: FID-{config.num_samples} every {config.every} steps against {config.reference} "
+                     f"({against})")  # fmt: skip
 
     def due(self, step: int, last: bool) -> bool:
         return last or step % self.config.every == 0

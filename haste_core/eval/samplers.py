@@ -3,7 +3,8 @@
 The ODE samplers integrate the probability-flow ODE dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data) on the
 uniform grid t_i = 1 − i/steps, the SDE sampler the reverse SDE on REPA's grid; the
 objective turns the student's prediction into v. With guidance s ≠ 1 the velocity is v_u + s·(v_c − v_u), computed
-in one doubled batch, only at times inside the guidance interval [low, high].
+in one doubled batch, only at times inside the guidance interval [low, high]; a step's start time decides for all of
+its evaluations (as the REPA/HASTE reference samplers decide).
 """
 
 from __future__ import annotations
@@ -61,12 +62,21 @@ def gaussian(like: Tensor, generator: Generators) -> Tensor:
 
 
 def _velocity(
-    student: Student, objective: Objective, x: Tensor, time: float, cond: Any, cfg_scale: float, interval: Interval
+    student: Student,
+    objective: Objective,
+    x: Tensor,
+    time: float,
+    cond: Any,
+    cfg_scale: float,
+    interval: Interval,
+    guide_time: float | None = None,
 ) -> Tensor:
-    """Velocity at the scalar time ``time`` for a float64 state ``x``; guidance only when low ≤ time ≤ high.
-    The student sees x in ``dtype``; the result is float64."""
+    """Velocity at the scalar time ``time`` for a float64 state ``x``; guidance only when low ≤ ``guide_time`` ≤
+    high (``guide_time``: the time that decides, by default ``time``). The student sees x in float32 (or the state's
+    lower dtype); the result is in the state's dtype."""
     low, high = interval
-    scale = cfg_scale if low <= time <= high else 1.0
+    decider = time if guide_time is None else guide_time
+    scale = cfg_scale if low <= decider <= high else 1.0
     x_model = x.to(_model_dtype(x))
     t = torch.full((x.shape[0],), time, device=x.device, dtype=x_model.dtype)
     return guided_velocity(student, objective, x_model, t, cond, scale).to(x.dtype)
@@ -96,7 +106,10 @@ def euler_sample(
     """Integrate dx/dt = v from ``noise`` at t = 1 to t = 0 on t_i = 1 − i/steps.
 
     Euler: x ← x + Δt·v(x, t_i). Heun (``heun=True``): a second evaluation at t_{i+1} and the averaged slope,
-    on every step but the last (which ends at t = 0). Returns x at t = 0 in the noise's dtype."""
+    on every step but the last (which ends at t = 0). Whether a step is guided is decided by its start time t_i,
+    for the corrector evaluation at t_{i+1} too, as the REPA/HASTE reference samplers decide (with a guidance
+    interval one evaluation in a step may lie outside it; both then take the step's decision). Returns x at t = 0
+    in the noise's dtype."""
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
     x = _state(noise)
     for i in range(steps):
@@ -104,7 +117,8 @@ def euler_sample(
         slope = _velocity(student, objective, x, t_now, cond, cfg_scale, interval)
         if heun and i < steps - 1:
             guess = x + (t_next - t_now) * slope
-            slope = (slope + _velocity(student, objective, guess, t_next, cond, cfg_scale, interval)) / 2
+            corrector = _velocity(student, objective, guess, t_next, cond, cfg_scale, interval, guide_time=t_now)
+            slope = (slope + corrector) / 2
         x = x + (t_next - t_now) * slope
     return x.to(noise.dtype)
 

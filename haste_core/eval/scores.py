@@ -3,21 +3,26 @@
 
 Samples and reference are ADM-suite ``.npz`` files (``arr_0``: uint8 N×H×W×3; e.g. ``VIRTUAL_imagenet256_labeled.npz``
 for ImageNet 256) or folders of PNGs. Both go through the same FID Inception network (``haste_core.eval.inception``),
-so reference statistics are recomputed from the reference images rather than read from the file. Protocol as in
-the ADM suite: FID on the 2048-d pool features, sFID on the first 7 channels of ``mixed_6/conv``, Inception Score
-over splits of 5,000, precision/recall with k = 3 nearest neighbours on the pool features.
+Protocol as in the ADM suite: FID on the 2048-d pool features and sFID on the first 7 channels of ``mixed_6/conv``,
+both against the statistics stored in the reference file (``mu``/``sigma``, ``mu_s``/``sigma_s``: they cover the
+whole training set) when it has them, else against those of its images; Inception Score over splits of 5,000;
+precision/recall with k = 3 nearest neighbours on the pool features of the reference *images* (the 10,000 of
+``arr_0``). ``reference_statistics`` in the result says which statistics FID and sFID used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from haste_core.errors import HasteError
-from haste_core.eval.fid import frechet_distance_features
+from haste_core.eval.fid import frechet_distance, gaussian_stats
 
 IS_SPLIT_SIZE = 5000  # ADM evaluator: Inception Score averaged over splits of 5,000 images
 NEIGHBOURS = 3  # ADM evaluator: k of the k-NN manifold (Kynkäänniemi et al. 2019)
@@ -81,49 +86,118 @@ def inception_score(logits: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> floa
     return float(np.mean(scores))
 
 
-def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.cdist(a, b)
-
-
-def knn_radii(features: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
+def knn_radii(features: torch.Tensor, k: int = NEIGHBOURS, progress: bool = False) -> torch.Tensor:
     """Distance from each point to its k-th nearest other point in the same set."""
     radii = []
-    for start in range(0, len(features), DISTANCE_CHUNK):
-        distances = _pairwise(features[start : start + DISTANCE_CHUNK], features)
+    for start in _chunks(len(features), "precision/recall: radii", progress):
+        distances = torch.cdist(features[start : start + DISTANCE_CHUNK], features)
         radii.append(distances.kthvalue(k + 1, dim=1).values)  # the 1st nearest is the point itself (0)
     return torch.cat(radii)
 
 
-def coverage_of(manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor) -> float:
+def coverage_of(manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor, progress: bool = False) -> float:
     """Share of ``queries`` inside the union of balls around ``manifold`` points with the given radii."""
     inside = []
-    for start in range(0, len(queries), DISTANCE_CHUNK):
-        distances = _pairwise(queries[start : start + DISTANCE_CHUNK], manifold)
+    for start in _chunks(len(queries), "precision/recall: coverage", progress):
+        distances = torch.cdist(queries[start : start + DISTANCE_CHUNK], manifold)
         inside.append((distances <= radii.unsqueeze(0)).any(dim=1))
     return torch.cat(inside).double().mean().item()
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = NEIGHBOURS) -> tuple[float, float]:
-    """Improved precision (fakes inside the real manifold) and recall (reals inside the fake manifold)."""
-    real_t, fake_t = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
+def _chunks(count: int, what: str, progress: bool) -> Iterable[int]:
+    from tqdm import tqdm
+
+    return tqdm(range(0, count, DISTANCE_CHUNK), desc=what, unit="chunk", leave=False, disable=not progress)
+
+
+def precision_recall(
+    real: np.ndarray, fake: np.ndarray, k: int = NEIGHBOURS, device: torch.device | str = "cpu", progress: bool = False
+) -> tuple[float, float]:
+    """Improved precision (fakes inside the real manifold) and recall (reals inside the fake manifold), computed in
+    float64 on ``device`` (a GPU when evaluating 50K samples), with a progress bar when ``progress``."""
+    real_t = torch.as_tensor(real, dtype=torch.float64, device=device)
+    fake_t = torch.as_tensor(fake, dtype=torch.float64, device=device)
     for name, points in (("reference", real_t), ("sample", fake_t)):
         if len(points) <= k:
             raise HasteError(f"precision/recall with k={k} needs more than {k} {name} images, got {len(points)}")
-    precision = coverage_of(real_t, knn_radii(real_t, k), fake_t)
-    recall = coverage_of(fake_t, knn_radii(fake_t, k), real_t)
+    precision = coverage_of(real_t, knn_radii(real_t, k, progress), fake_t, progress)
+    recall = coverage_of(fake_t, knn_radii(fake_t, k, progress), real_t, progress)
     return precision, recall
 
 
-def all_metrics(samples: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:
-    """Every metric from Inception outputs ({pool, spatial, logits} as N×… arrays) of samples and reference."""
-    precision, recall = precision_recall(reference["pool"], samples["pool"])
-    return {
-        "fid": frechet_distance_features(samples["pool"], reference["pool"]),
-        "sfid": frechet_distance_features(samples["spatial"], reference["spatial"]),
-        "inception_score": inception_score(samples["logits"]),
-        "precision": precision,
-        "recall": recall,
-    }
+# --- the reference: images and stored statistics -------------------------------------------------------------
+
+
+STORED_STATISTICS = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}  # ADM reference batch keys
+Statistics = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference batch: its images (None for a statistics-only file such as U-ViT's COCO stats) and the Gaussian
+    statistics stored in it, by feature (``pool``: ``mu``/``sigma``; ``spatial``: ``mu_s``/``sigma_s``)."""
+
+    path: Path
+    images: np.ndarray | None
+    stored: dict[str, Statistics]
+
+
+def read_reference(path: str | Path) -> Reference:
+    """The reference batch at ``path``: an ADM ``.npz`` (``arr_0`` and/or the stored statistics) or a folder."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix == ".npz"):
+        return Reference(path, read_images(path), {})
+    with np.load(path) as data:
+        keys = set(data.keys())
+        stored = {
+            feature: (data[mean].astype(np.float64), data[cov].astype(np.float64))
+            for feature, (mean, cov) in STORED_STATISTICS.items()
+            if mean in keys and cov in keys
+        }
+    if "arr_0" not in keys and not stored:
+        raise HasteError(
+            f"{path} has neither images ('arr_0') nor stored statistics ('mu'/'sigma', 'mu_s'/'sigma_s'); "
+            f"keys: {sorted(keys)}"
+        )
+    return Reference(path, read_images(path) if "arr_0" in keys else None, stored)
+
+
+def reference_statistics(
+    stored: dict[str, Statistics], outputs: dict[str, np.ndarray] | None, feature: str
+) -> tuple[Statistics, str] | None:
+    """The reference's statistics of ``feature`` as the ADM suite takes them, and where they came from: the
+    ``stored`` ones when the file has them (they cover the whole training set), else those of the reference images'
+    Inception ``outputs``; None when there are neither."""
+    if feature in stored:
+        return stored[feature], "stored"
+    if outputs is None:
+        return None
+    return gaussian_stats(outputs[feature]), "images"
+
+
+def all_metrics(
+    samples: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray] | None,
+    stored: dict[str, Statistics] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Every metric from Inception outputs ({pool, spatial, logits} as N×… arrays) of the samples and of the
+    reference images (None: a statistics-only reference), FID/sFID against the ``stored`` statistics where given;
+    ``reference_statistics`` says for fid and sfid whether the ``stored`` statistics or the ``images`` were used.
+    A metric without what it needs (precision/recall: reference images) is left out."""
+    metrics: dict[str, Any] = {"inception_score": inception_score(samples["logits"])}
+    sources = {}
+    for metric, feature in (("fid", "pool"), ("sfid", "spatial")):
+        found = reference_statistics(stored or {}, reference, feature)
+        if found is not None:
+            metrics[metric] = frechet_distance(*gaussian_stats(samples[feature]), *found[0])
+            sources[metric] = found[1]
+    if reference is not None:
+        metrics["precision"], metrics["recall"] = precision_recall(
+            reference["pool"], samples["pool"], device=device, progress=True
+        )
+    metrics["reference_statistics"] = sources
+    return metrics
 
 
 # --- features -----------------------------------------------------------------------------------------------------
@@ -146,15 +220,16 @@ def inception_outputs(
 
 def evaluate_files(
     samples: str | Path, reference: str | Path, *, inception: str | None, batch: int, device: torch.device
-) -> dict[str, float]:
-    """Every metric of the images in ``samples`` against those in ``reference`` (``.npz`` files or PNG folders),
-    with the counts of both (``num_samples``, ``num_reference``)."""
+) -> dict[str, Any]:
+    """Every metric of the images in ``samples`` against the reference batch ``reference`` (``.npz`` files or PNG
+    folders), with the counts of both (``num_samples``, ``num_reference``: reference images, 0 for a
+    statistics-only file) and ``reference_statistics`` (see ``all_metrics``)."""
     from haste_core.eval.inception import load_fid_inception
 
     model = load_fid_inception(inception, device)  # first: missing weights fail before images are read
-    sample_images, reference_images = read_images(samples), read_images(reference)
-    metrics = all_metrics(
-        inception_outputs(model, sample_images, batch, device),
-        inception_outputs(model, reference_images, batch, device),
-    )
-    return {**metrics, "num_samples": len(sample_images), "num_reference": len(reference_images)}
+    sample_images, ref = read_images(samples), read_reference(reference)
+    sample_outputs = inception_outputs(model, sample_images, batch, device)
+    ref_outputs = None if ref.images is None else inception_outputs(model, ref.images, batch, device)
+    metrics = all_metrics(sample_outputs, ref_outputs, ref.stored, device)
+    num_reference = 0 if ref.images is None else len(ref.images)
+    return {**metrics, "num_samples": len(sample_images), "num_reference": num_reference}

@@ -23,6 +23,9 @@ CHANGEABLE_ON_RESUME = {
     "run.name", "run.output_dir", "run.max_steps", "run.resume", "run.log_every", "run.checkpoint_every",
     "run.keep_checkpoints", "run.sample_every", "run.device", "data.num_workers",
 }  # fmt: skip
+# Which plugin modules load is not what a run is: observers (monitors such as TensorBoard, a user's logger) do not
+# change training, and the components that do are compared through their own nodes (registered name, settings).
+NOT_IDENTITY = {"plugins"}
 
 
 def resume_source(recipe: Recipe) -> Path | None:
@@ -74,8 +77,9 @@ def check_init_from(recipe: Recipe) -> None:
 
 
 def recipe_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """'path: old -> new' for every setting that differs, except those allowed to change on resume."""
-    if prefix in CHANGEABLE_ON_RESUME:
+    """'path: old -> new' for every setting that differs, except those allowed to change on resume and the plugin
+    modules loaded."""
+    if prefix in CHANGEABLE_ON_RESUME or prefix in NOT_IDENTITY:
         return []
     if isinstance(old, dict) and isinstance(new, dict):
         out = []

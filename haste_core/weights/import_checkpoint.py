@@ -10,6 +10,10 @@ Layouts understood by ``read_checkpoint``:
   learned-sigma output channels.
 * ``haste``: a checkpoint of one of our runs (``student``, ``ema`` and ``alignments`` by label).
 
+The reference MMDiT (``models/mmdit.py`` of REPA/HASTE, the COCO experiments) is saved in the ``repa`` layout with
+its own key names; the student class translates them (``Student.from_published``), and ``export_reference``
+(``haste_core.weights.export``) writes ours back into the reference layouts.
+
 Loading is strict: every key of the student must be present with the student's shape. A mismatch fails with
 the first mismatching key (in the student's own order) and both shapes.
 """
@@ -133,18 +137,27 @@ def import_checkpoint(
     weights: Literal["ema", "model"] = "ema",
     alignments: Mapping[str, Alignment] | None = None,
     name: str | None = None,
+    supply: Mapping[str, Tensor] | None = None,
 ) -> PublishedCheckpoint:
     """Load a published checkpoint's student weights into ``student`` (EMA by default), and into each of
     ``alignments`` (by label) the heads the file holds for it: for our runs the state of the alignment with the
     same label; for REPA/HASTE files the tensors under its class's ``published_prefix``, each prefix given to the
-    first alignment that declares it. ``name`` (e.g. ``sit_xl_2``) is used in error messages."""
+    first alignment that declares it. ``name`` (e.g. ``sit_xl_2``) is used in error messages.
+
+    A published file's student tensors are renamed by the student class (``Student.from_published``: the reference
+    MMDiT's ``joint_blocks.*`` become our ``blocks.*``); ``supply`` gives the student tensors such a layout lacks
+    (for the reference MMDiT ``null_text``: the empty caption's embedding, e.g. ``Coco.null_caption()["text"]``, which
+    the reference uses as its null caption). Loading stays strict."""
     alignments = alignments or {}
     if isinstance(source, PublishedCheckpoint):
         checkpoint = source
     else:
         checkpoint = read_checkpoint(source, {type(a).published_prefix for a in alignments.values()} - {""})
     target = name or type(student).__name__
-    load_weights(student, checkpoint.weights(weights), source=checkpoint.path, target=target)
+    student_state = checkpoint.weights(weights)
+    if checkpoint.layout != "haste":
+        student_state = type(student).from_published(student_state)
+    load_weights(student, {**student_state, **(supply or {})}, source=checkpoint.path, target=target)
     heads = dict(checkpoint.head_states(weights))
     for label, alignment in alignments.items():
         if checkpoint.layout == "haste":

@@ -9,8 +9,11 @@ Registered as ``mmdit_d{depth}`` with REPA's rule width = 32·depth and heads = 
 ``mmdit_d24`` is the reference configuration, ``mmdit_d12`` its half, ``mmdit_d28``/``mmdit_d32`` larger ones
 and ``mmdit_d2``/``mmdit_d4`` CPU sizes. Conditioning: precomputed caption embeddings of any width
 (``context_embedder``: Linear text_dim → D) with a padding mask, an optional pooled caption vector (an MLP added
-to the timestep embedding), and a learned null caption for classifier-free guidance. Unlike the reference, the
-initialisation is adaLN-Zero (the prediction starts at exactly 0).
+to the timestep embedding; ``pooled: false`` drops it, as the reference has none), and a learned null caption for
+classifier-free guidance. Unlike the reference, the initialisation is adaLN-Zero (the prediction starts at exactly
+0), and padded caption tokens are masked as keys (``attend_padding: true`` attends to all of them, as the
+reference). Checkpoints of the reference import and export with ``from_published``/``to_published`` (key map
+below; its null caption is the empty caption's embedding, supplied at import).
 
 ``capture`` gives image-token hidden states and, for attention, the logits of image queries over image keys:
 the image-image block of the joint attention. The block itself normalises over text and image keys; the
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 
 from haste_core import (
     Capture,
+    CheckpointError,
     DataSpec,
     HasteError,
     RecipeError,
@@ -144,6 +148,8 @@ class MMDiT(Student):
         caption_dropout_prob: float = 0.1  # captions replaced by the learned null caption in training (CFG)
         qk_norm: bool = False  # LayerNorm on q and k per head: a known cure for long-run fp16 NaNs
         mlp_ratio: float = 4.0
+        pooled: bool = True  # add the data's pooled caption vector to the conditioning (the reference has none)
+        attend_padding: bool = False  # attend to every caption token, padding too, as the reference does
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.caption_dropout_prob < 1.0:
@@ -173,18 +179,19 @@ class MMDiT(Student):
             spec.grid,
         )
         self.patch_size, self.channels = arch.patch_size, data.x_shape[0]
-        self.text_len, self.text_dim, self.pooled_dim = data.text_len, data.text_dim, data.pooled_dim
+        self.text_len, self.text_dim = data.text_len, data.text_dim
+        self.pooled_dim = data.pooled_dim if config.pooled else 0
         width = arch.hidden_size
         self.x_embedder = PatchEmbed(self.channels, width, arch.patch_size)
         self.t_embedder = TimestepEmbedder(width)
         self.context_embedder = nn.Linear(data.text_dim, width)
         self.y_embedder = (
-            nn.Sequential(nn.Linear(data.pooled_dim, width), nn.SiLU(), nn.Linear(width, width))
-            if data.pooled_dim
+            nn.Sequential(nn.Linear(self.pooled_dim, width), nn.SiLU(), nn.Linear(width, width))
+            if self.pooled_dim
             else None
         )
         self.null_text = nn.Parameter(torch.zeros(data.text_len, data.text_dim))
-        self.null_pooled = nn.Parameter(torch.zeros(data.pooled_dim)) if data.pooled_dim else None
+        self.null_pooled = nn.Parameter(torch.zeros(self.pooled_dim)) if self.pooled_dim else None
         self.register_buffer("pos_embed", sincos_pos_embed(width, self.grid)[None])
         self.blocks = nn.ModuleList(
             JointBlock(width, arch.num_heads, config.mlp_ratio, config.qk_norm, last=i == arch.depth - 1)
@@ -240,13 +247,24 @@ class MMDiT(Student):
         if self.y_embedder is not None:
             c_BD = c_BD + self.y_embedder(cond["pooled"].to(c_BD.dtype))
         image_keys = torch.ones(img_BND.shape[:2], dtype=torch.bool, device=x_t.device)
-        keep_B11K = torch.cat([cond["text_mask"].bool(), image_keys], dim=1)[:, None, None, :]
+        text_keys = cond["text_mask"].bool()
+        if self.config.attend_padding:
+            text_keys = torch.ones_like(text_keys)
+        keep_B11K = torch.cat([text_keys, image_keys], dim=1)[:, None, None, :]
         out = StudentOutput(pred=x_t)
         for index, block in enumerate(self.blocks):
             txt_BLD, img_BND, logits = block(txt_BLD, img_BND, c_BD, keep_B11K, capture_attn=index in capture.attn)
             record_block(out, capture, index, img_BND, logits)
         out.pred = unpatchify(self.final_layer(img_BND, c_BD), self.patch_size, self.channels)
         return out
+
+    @classmethod
+    def from_published(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        return mmdit_from_published(tensors)
+
+    @classmethod
+    def to_published(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return mmdit_to_published(state)
 
     def null_cond(self, cond: dict[str, Tensor]) -> dict[str, Tensor]:
         """The learned null caption for every sample: all its ``text_len`` tokens count as real (mask True)."""
@@ -257,7 +275,56 @@ class MMDiT(Student):
         }
         if self.null_pooled is not None:
             null["pooled"] = self.null_pooled.to(device).expand(batch, -1)
+        elif "pooled" in cond:  # the data has it, this student ignores it (pooled: false): keep batches alike
+            null["pooled"] = cond["pooled"]
         return null
+
+
+# ours <-> the reference's models/mmdit.py (REPA, HASTE): per stream, the parts of a block's half
+_BLOCK_PARTS = {"qkv.": "attn.qkv.", "proj.": "attn.proj.", "q_norm.": "attn.ln_q.", "k_norm.": "attn.ln_k.",
+                "adaLN_modulation.": "adaLN_modulation.", "mlp.": "mlp."}  # fmt: skip
+_STREAMS = {"context.": "context_block.", "image.": "x_block."}
+ONLY_OURS = ("null_text", "null_pooled", "y_embedder.")  # learned null caption, pooled path: not in the reference
+
+
+def _rename_block_key(key: str, to_published: bool) -> str:
+    """``blocks.{i}.{context|image}.{part}`` <-> ``joint_blocks.{i}.{context_block|x_block}.{attn.part}``; other keys
+    as they are (x_embedder, t_embedder, context_embedder, pos_embed, final_layer: the same names in both)."""
+    source, target = ("blocks.", "joint_blocks.") if to_published else ("joint_blocks.", "blocks.")
+    streams = _STREAMS if to_published else {theirs: ours for ours, theirs in _STREAMS.items()}
+    parts = _BLOCK_PARTS if to_published else {theirs: ours for ours, theirs in _BLOCK_PARTS.items()}
+    if not key.startswith(source):
+        return key
+    index, rest = key[len(source) :].split(".", 1)
+    for stream, new_stream in streams.items():
+        if rest.startswith(stream):
+            part = rest[len(stream) :]
+            for old, new in parts.items():
+                if part.startswith(old):
+                    return f"{target}{index}.{new_stream}{new}{part[len(old) :]}"
+    layout = "reference" if to_published else "haste"
+    raise CheckpointError(f"MMDiT key {key!r} has no counterpart in the {layout} layout")
+
+
+def mmdit_from_published(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The reference MMDiT's student tensors named as ours (``null_text`` is not among them: the reference's null
+    caption is the empty caption's embedding, which the importer supplies)."""
+    return {_rename_block_key(key, to_published=False): value for key, value in tensors.items()}
+
+
+def mmdit_to_published(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our MMDiT's ``state_dict`` in the reference layout; the learned null caption is left out (the reference
+    feeds the empty caption's embedding instead). A student with the pooled path has no reference counterpart."""
+    if any(key.startswith("y_embedder.") for key in state):
+        raise CheckpointError(
+            "this MMDiT adds a pooled caption vector to its conditioning, which the reference MMDiT does not have; "
+            "only a student trained with pooled: false exports to the reference layout"
+        )
+    return {
+        _rename_block_key(key, to_published=True): value
+        for key, value in state.items()
+        if not key.startswith(ONLY_OURS)
+    }
 
 
 @hookimpl

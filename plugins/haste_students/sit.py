@@ -77,7 +77,9 @@ class SiT(Student):
 
     @classmethod
     def registered_name(cls, arch: SiTArch) -> str:
-        size = next(k for k, v in SIZES.items() if v == (arch.depth, arch.hidden_size, arch.num_heads))
+        dims = (arch.depth, arch.hidden_size, arch.num_heads)
+        # a size of a plugin's own (registry.add(name, SiT, arch=...)) is named by its dimensions in messages
+        size = next((k for k, v in SIZES.items() if v == dims), "d{}w{}h{}".format(*dims))
         return f"{cls.family}_{size}_{arch.patch_size}"
 
     def __init__(

@@ -11,7 +11,6 @@ observation is that the alignment terms flatten long before the denoising loss d
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,6 @@ from torch import Tensor
 from haste_core import Fired, HasteError, RecipeError, Registry, Termination, all_reduce_mean, hookimpl
 
 _TINY = 1e-12  # guards the relative change of a value that is exactly 0
-TRAINING_LOSSES = ("loss/denoise", "loss/total")
 
 
 class Plateau(Termination):
@@ -46,24 +44,9 @@ class Plateau(Termination):
         return cls.Config(metric="loss/total", window=5, tolerance=0.05, decay=0.5)
 
     @classmethod
-    def check(cls, config: Config, *, labels: list[str]) -> None:
-        """``metric`` must be a value the trainer gives this policy: a loss, or a governed alignment's term (or
-        one of its extra metrics, ``align/<label>/<key>``)."""
-        metric = config.metric
-        if (
-            not metric
-            or metric in TRAINING_LOSSES
-            or any(metric == f"align/{label}" or metric.startswith(f"align/{label}/") for label in labels)
-        ):
-            return
-        choices = ", ".join([*TRAINING_LOSSES, *(f"align/{label}" for label in labels)])
-        close = difflib.get_close_matches(metric, [*TRAINING_LOSSES, *(f"align/{label}" for label in labels)], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise RecipeError(
-            f"{metric!r} is not a value this policy sees{hint}; choose {choices}, or align/<label>/<key> for an extra "
-            "metric of one of those alignments, or leave it empty to watch every governed alignment's loss",
-            "metric",
-        )
+    def metrics_read(cls, config: Config) -> dict[str, str]:
+        """The recipe loader checks ``metric`` against the values this policy is given."""
+        return {"metric": config.metric} if config.metric else {}
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)

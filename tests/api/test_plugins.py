@@ -57,7 +57,12 @@ def test_built_in_plugins_load_through_entry_points(plugins):
     assert set(plugins.registries) == set(FAMILIES)
 
 
-def test_listing_command_shows_plugins_versions_hooks_and_names():
+def counts(plugins) -> str:
+    """The listing's last line for these loaded plugins ("N plugins, M components")."""
+    return f"{len(plugins.describe())} plugins, {sum(len(r) for r in plugins.registries.values())} components"
+
+
+def test_listing_command_shows_plugins_versions_hooks_and_names(plugins):
     result = run_module("haste_core.cli", "plugins")
     assert result.returncode == 0, result.stderr
     assert "teachers.digits_vit  [haste 0.1.0]" in result.stdout
@@ -65,10 +70,10 @@ def test_listing_command_shows_plugins_versions_hooks_and_names():
     assert "  teachers: digits_vit" in result.stdout
     assert "sit_micro_1, sit_micro_2" in result.stdout
     assert "haste_step_end" in result.stdout  # the TensorBoard monitor's hooks
-    assert "22 plugins, 70 components" in result.stdout
+    assert counts(plugins) in result.stdout
 
 
-def test_third_party_plugin_is_a_peer(tmp_path):
+def test_third_party_plugin_is_a_peer(tmp_path, plugins):
     make_distribution(
         tmp_path,
         "haste-fancy-stop",
@@ -81,10 +86,11 @@ def test_third_party_plugin_is_a_peer(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "fancy  [haste-fancy-stop 1.2.3]" in result.stdout
     assert "  terminations: fancy_stop" in result.stdout
-    assert "23 plugins, 71 components" in result.stdout
+    plugins_n, components_n = len(plugins.describe()), sum(len(r) for r in plugins.registries.values())
+    assert f"{plugins_n + 1} plugins, {components_n + 1} components" in result.stdout
 
 
-def test_blocking_a_plugin_removes_its_components(tmp_path):
+def test_blocking_a_plugin_removes_its_components(tmp_path, plugins):
     make_distribution(
         tmp_path,
         "haste-fancy-stop",
@@ -97,7 +103,8 @@ def test_blocking_a_plugin_removes_its_components(tmp_path):
     result = run_module("haste_core.cli", "plugins", env=env)
     assert result.returncode == 0, result.stderr
     assert "fancy" not in result.stdout and "monitor.tensorboard" not in result.stdout
-    assert "21 plugins, 70 components" in result.stdout
+    components_n = sum(len(r) for r in plugins.registries.values())  # the monitor registers none
+    assert f"{len(plugins.describe()) - 1} plugins, {components_n} components" in result.stdout
 
 
 def test_duplicate_component_names_fail_naming_both_plugins(tmp_path):
@@ -128,13 +135,15 @@ def test_misspelled_hook_fails_at_load(tmp_path, monkeypatch):
         load_plugins(["typo_plugin"])
 
 
-def test_autoload_switch_loads_only_named_plugins(monkeypatch):
+def test_autoload_switch_loads_only_named_plugins(monkeypatch, plugins):
     monkeypatch.setenv("HASTE_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert load_plugins().describe() == []
     loaded = load_plugins(["haste_students.sit"])
     assert [r["name"] for r in loaded.describe()] == ["haste_students.sit"]
     assert loaded.describe()[0]["source"].startswith("local module ")
-    assert len(loaded.registry("students")) == 18 and len(loaded.registry("teachers")) == 0
+    sits = [entry.name for entry in plugins.registry("students").entries() if entry.plugin == "students.sit"]
+    assert [entry.name for entry in loaded.registry("students").entries()] == sits
+    assert len(loaded.registry("teachers")) == 0
 
 
 def test_installed_plugin_named_in_a_recipe_loads_once(plugins):
@@ -142,6 +151,16 @@ def test_installed_plugin_named_in_a_recipe_loads_once(plugins):
     names = [r["name"] for r in loaded.describe()]
     assert "haste_students.sit" in names and "students.sit" not in names
     assert len(loaded.registry("students")) == len(plugins.registry("students"))  # no name registered twice
+
+
+def test_installed_plugin_listed_by_its_file_loads_once(tmp_path, monkeypatch):
+    make_distribution(tmp_path, "haste-lab", "0.3", "haste_lab_stop", POLICY_MODULE.format(name="lab_stop"), "lab")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_plugins([str(tmp_path / "haste_lab_stop.py")])  # the recipe names the installed module's file
+    assert loaded.registry("terminations").get("lab_stop").plugin == "haste_lab_stop"
+    names = [record["name"] for record in loaded.describe()]
+    assert "haste_lab_stop" in names and "lab" not in names  # no second copy through the entry point
+    assert "lab_stop" in load_plugins().registry("terminations")  # installed alone: through its entry point
 
 
 def test_hook_with_a_wrong_argument_is_a_plugin_error(tmp_path, monkeypatch):

@@ -41,6 +41,19 @@ def test_sample_writes_pngs_npz_and_states_the_labels(trained, tmp_path):
     assert record["step"] == 2 and record["cfg_scale"] == 2.0
 
 
+def test_sample_preset_pins_the_published_protocol_and_records_it(trained, tmp_path, capsys):
+    out = tmp_path / "samples"
+    command = ["sample", str(trained), "--out", str(out), "--preset", "haste_sit_xl2_in256", "--device", "cpu"]
+    assert haste([*command, "--num-images", "3"]) == 0
+    record = json.loads((out / "sampling.json").read_text())
+    assert record["preset"] == "haste_sit_xl2_in256" and record["num"] == 3
+    assert (record["sampler"], record["steps"], record["cfg_scale"]) == ("sde", 250, 1.65)
+    assert record["guidance_interval"] == [0.0, 0.72] and record["labels"] == "uniform" and record["seed"] == 0
+    # a pinned setting given beside the preset is refused, naming it
+    assert haste([*command, "--steps", "50", "--cfg", "1.5"]) == 2
+    assert "--preset haste_sit_xl2_in256 pins --cfg, --steps" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sampler", ["euler", "sde"])
 def test_sample_resumes_and_is_deterministic(trained, tmp_path, sampler):
     out = tmp_path / "samples"

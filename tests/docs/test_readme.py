@@ -32,7 +32,7 @@ def test_readme_plugin_example_runs_in_a_recipe(tmp_path):
     ]
     recipe, plugins = load_recipe(TINY_RECIPE, overrides)
     assert plugins.registry("terminations").get("below_threshold").plugin == "haste_lossstop"
-    check_termination(plugins.registry("terminations").get("below_threshold"))
+    check_termination(plugins.registry("terminations").get("below_threshold"), labels=["repa"])
     env = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     trainer = Trainer(recipe, plugins, env)
     trainer.fit()

@@ -99,3 +99,22 @@ def test_in_training_fid_without_inception_weights_fails_before_training(
     assert "# note: eval: the FID Inception weights are not in" in capsys.readouterr().out
     with pytest.raises(RecipeError, match=r"eval\.inception"):
         tiny("eval.every=2", f"eval.reference={reference}", f"eval.inception={tmp_path / 'missing.pth'}")
+
+
+def test_in_training_fid_uses_the_stored_reference_statistics(tmp_path, monkeypatch):
+    from haste_core.config.sections import EvalConfig, SamplingConfig
+    from haste_core.eval.fid import frechet_distance, gaussian_stats
+    from haste_core.eval.in_training import FIDEvaluator
+
+    monkeypatch.setattr("haste_core.eval.in_training.load_fid_inception", lambda path, device: PixelFeatures())
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    mu, sigma = np.full(64, 100.0), np.eye(64) * 50
+    np.savez(tmp_path / "adm.npz", arr_0=images, mu=mu, sigma=sigma)  # as the ADM reference batches
+    evaluator = FIDEvaluator(EvalConfig(every=1, reference=str(tmp_path / "adm.npz")), SamplingConfig(), CPU)
+    assert np.array_equal(evaluator.reference[0], mu) and np.array_equal(evaluator.reference[1], sigma)
+    write_npz(tmp_path / "images.npz", images)  # without them: the statistics of the images
+    evaluator = FIDEvaluator(EvalConfig(every=1, reference=str(tmp_path / "images.npz")), SamplingConfig(), CPU)
+    features = images.astype(np.float64).mean(axis=3).reshape(20, -1)
+    own = gaussian_stats(features)
+    np.testing.assert_allclose(evaluator.reference[0], own[0])
+    assert frechet_distance(*evaluator.reference, *own) < 1e-6

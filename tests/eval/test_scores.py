@@ -1,5 +1,5 @@
-"""FID, Inception Score and precision/recall against closed-form answers; the ADM .npz layout; the Inception
-network's outputs and weight loading."""
+"""FID, Inception Score and precision/recall against closed-form answers; the ADM .npz layout and its stored
+statistics; finding the Inception weights (the network itself: tests/eval/test_inception.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ from PIL import Image
 
 from haste_core.errors import HasteError
 from haste_core.eval.fid import frechet_distance, frechet_distance_features, gaussian_stats
-from haste_core.eval.scores import all_metrics, inception_score, knn_radii, precision_recall, read_images, write_npz
+from haste_core.eval.scores import (
+    all_metrics,
+    inception_score,
+    knn_radii,
+    precision_recall,
+    read_images,
+    read_reference,
+    write_npz,
+)
 
 
 def _random_covariance(rng: np.random.Generator, dim: int, rank: int) -> np.ndarray:
@@ -117,6 +125,38 @@ def test_all_metrics_of_a_set_against_itself():
     assert metrics["precision"] == 1.0 and metrics["recall"] == 1.0 and metrics["inception_score"] > 1.0
 
 
+def test_stored_reference_statistics_are_used_when_present(tmp_path):
+    rng = np.random.default_rng(3)
+    samples = {
+        "pool": rng.normal(size=(40, 6)),
+        "spatial": rng.normal(size=(40, 4)),
+        "logits": rng.normal(size=(40, 5)),
+    }
+    reference = {"pool": rng.normal(size=(30, 6)) + 1, "spatial": rng.normal(size=(30, 4))}
+    images = rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8)
+    mu, sigma = np.full(6, 2.0), np.eye(6) * 3
+    np.savez(tmp_path / "adm.npz", arr_0=images, mu=mu, sigma=sigma)  # pool statistics stored, spatial not
+    stored = read_reference(tmp_path / "adm.npz")
+    assert set(stored.stored) == {"pool"} and np.array_equal(stored.stored["pool"][1], sigma)
+    metrics = all_metrics(samples, reference, stored.stored)
+    assert metrics["reference_statistics"] == {"fid": "stored", "sfid": "images"}
+    assert metrics["fid"] == pytest.approx(frechet_distance(*gaussian_stats(samples["pool"]), mu, sigma), rel=1e-12)
+    assert metrics["sfid"] == pytest.approx(frechet_distance_features(samples["spatial"], reference["spatial"]))
+    plain = all_metrics(samples, reference)  # no stored statistics: the images' own
+    assert plain["reference_statistics"] == {"fid": "images", "sfid": "images"}
+    assert plain["fid"] == pytest.approx(frechet_distance_features(samples["pool"], reference["pool"]))
+    assert (plain["precision"], plain["recall"]) == (metrics["precision"], metrics["recall"])  # images only
+    # a statistics-only file (U-ViT's COCO stats): FID and IS, no precision/recall
+    np.savez(tmp_path / "stats.npz", mu=mu, sigma=sigma)
+    only = read_reference(tmp_path / "stats.npz")
+    assert only.images is None
+    metrics = all_metrics(samples, None, only.stored)
+    assert set(metrics) == {"fid", "inception_score", "reference_statistics"}
+    np.savez(tmp_path / "neither.npz", something=mu)
+    with pytest.raises(HasteError, match="neither images"):
+        read_reference(tmp_path / "neither.npz")
+
+
 def test_npz_in_the_adm_layout(tmp_path):
     images = np.random.default_rng(4).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     path = write_npz(tmp_path / "samples.npz", images)
@@ -140,28 +180,6 @@ def test_read_images_from_a_folder_and_errors(tmp_path):
     np.savez(tmp_path / "other.npz", images=images)
     with pytest.raises(HasteError, match="no 'arr_0'"):
         read_images(tmp_path / "other.npz")
-
-
-def test_fid_inception_outputs_and_weight_loading(tmp_path):
-    from haste_core.eval.inception import FIDInception
-
-    torch.manual_seed(0)
-    model = FIDInception()
-    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    out = model(images)
-    assert out["pool"].shape == (2, 2048) and out["spatial"].shape == (2, 17 * 17 * 7)
-    assert out["logits"].shape == (2, 1008) and (out["pool"] >= 0).all()  # pool of ReLU outputs
-    # pytorch-fid's file uses torchvision's key names (no wrapper level): save ours that way, load into a fresh one
-    state = {key.replace(".block.", ".", 1): value for key, value in model.net.state_dict().items()}
-    torch.save(state, tmp_path / "weights.pth")
-    fresh = FIDInception()
-    fresh.load_fid_weights(tmp_path / "weights.pth")
-    torch.testing.assert_close(fresh(images)["pool"], out["pool"])
-    # Inception Score logits as the ADM suite takes them: pool · Wᵀ of the classifier, without its bias
-    fresh.net.fc.bias.data.fill_(5.0)
-    torch.testing.assert_close(fresh(images)["logits"], out["pool"] @ fresh.net.fc.weight.T)
-    with pytest.raises(HasteError, match="uint8"):
-        model(images.float())
 
 
 def test_fid_weights_fail_fast_offline_and_reject_other_files(tmp_path, monkeypatch):
