@@ -13,7 +13,7 @@ NPROC ?= 2
 THREADS ?= $(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 1) // $(NPROC)))")
 STAMP := $(VENV)/.haste-installed
 
-.PHONY: demo test bench bench-convergence lint install clean
+.PHONY: demo test bench bench-gpu bench-convergence lint install clean
 
 install: $(STAMP)
 
@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "installing $(TORCH) and haste (editable, with test tools) into $(VENV)"
 	$(PY) -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	@# the distribution was called `haste` before it became haste-diffusion (`haste` on PyPI is another project)
+	-@$(PY) -m pip uninstall --quiet --disable-pip-version-check -y haste 2>/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
@@ -31,13 +33,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-# Every benchmarks/bench_*.py in turn; each prints its own side-by-side ratios.
+# Every benchmarks/bench_*.py in turn (bench_gpu.py apart: it needs a GPU); each prints its own side-by-side ratios.
 bench: $(STAMP)
-	@for script in $(sort $(wildcard benchmarks/bench_*.py)); do \
+	@for script in $(sort $(filter-out benchmarks/bench_gpu.py,$(wildcard benchmarks/bench_*.py))); do \
 		echo "== $$script"; HF_HUB_OFFLINE=1 $(PY) $$script || exit 1; done
 
+# SiT-XL/2 on one GPU: img/s, MFU and peak memory of vanilla / Phase I / Phase II, eager and compiled (< 8 min).
+bench-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_gpu.py
+
 # The convergence miniature (vanilla vs REPA vs HASTE on 16x16 digit scenes, 3 seeds; docs/benchmarks.md);
-# about an hour on 2 CPU cores, not part of `make bench`. SEEDS=0,1,2 STEPS=1200 STOP=300 (HASTE's
+# long (not measured at full budget here), not part of `make bench`. SEEDS=0,1,2 STEPS=1200 STOP=300 (HASTE's
 # last aligned step; default the recipe's) change the budget.
 SEEDS ?= 0,1,2
 STEPS ?= 1200

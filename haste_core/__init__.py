@@ -23,9 +23,9 @@ _LAZY = {
     **{
         name: "haste_core.interfaces"
         for name in (
-            "Alignment", "Capture", "DataSpec", "Dataset", "Fired", "Objective", "PolicyContext", "RunContext",
-            "Student", "StudentOutput", "StudentSpec", "Teacher", "TeacherOutput", "TeacherSpec", "Termination",
-            "TrainingPair",
+            "Alignment", "AttentionView", "Capture", "DataSpec", "Dataset", "Fired", "Objective", "PolicyContext",
+            "RunContext", "Student", "StudentOutput", "StudentSpec", "Teacher", "TeacherOutput", "TeacherSpec",
+            "Termination", "TrainingPair",
         )
     },
     **{name: "haste_core.distributed" for name in ("all_reduce_mean", "rank_zero_first")},

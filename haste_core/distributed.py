@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -18,7 +19,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from haste_core.errors import HasteError
+from haste_core.errors import HasteError, Preempted
+
+EXIT_PREEMPTED = 75  # BSD EX_TEMPFAIL: stopped by a signal after saving; run again (or requeue) to resume
+EXIT_COLLECTIVE_TIMEOUT = 3  # a collective waited run.collective_timeout_s for a stalled or lost process
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,9 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Pick the device and, when torchrun started several processes, create the process group."""
+def setup(device: str = "auto", timeout: timedelta | None = None) -> DistEnv:
+    """Pick the device and, when torchrun started several processes, create the process group (its collectives
+    give up after ``timeout``; None: torch's default)."""
     rank, world_size = env_rank(), env_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -54,9 +59,9 @@ def setup(device: str = "auto") -> DistEnv:
         chosen = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         if use_cuda:  # binding the device lets NCCL connect eagerly and barriers know their GPU
-            dist.init_process_group(backend="nccl", device_id=chosen)
+            dist.init_process_group(backend="nccl", device_id=chosen, timeout=timeout)
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", timeout=timeout)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
 
@@ -65,18 +70,52 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def run_command(device: str, work: Callable[[DistEnv], object]) -> int:
+def run_command(device: str, work: Callable[[DistEnv], object], timeout: timedelta | None = None) -> int:
     """A command-line entry's exit status: ``work(env)`` inside the process group, 0 when it succeeds; a
-    ``HasteError`` prints ``error: ...`` (no traceback) and gives 2. The group is shut down either way."""
-    env = setup(device)
+    ``HasteError`` prints ``error: ...`` (no traceback) and gives 2; a run stopped by a signal after saving
+    (``Preempted``) prints why and gives 75. The group is shut down either way."""
+    env = setup(device, timeout)
     try:
         work(env)
     except HasteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Preempted as exc:
+        if env.is_main:
+            print(f"[haste] {exc} (exit status {EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except RuntimeError as exc:  # torch.distributed.DistBackendError is one
+        if not _timed_out(exc):
+            raise
+        seconds = f" after {timeout.total_seconds():g} s" if timeout is not None else ""
+        print(
+            f"error: rank {env.rank} of {env.world_size}: {_collective} timed out{seconds} waiting for the other "
+            "processes; one of them is stalled or gone (its own log says which, if it got to say anything). "
+            "If the wait was legitimate (a slow download on one rank), raise run.collective_timeout_s.",
+            file=sys.stderr,
+        )
+        return EXIT_COLLECTIVE_TIMEOUT
     finally:
         shutdown()
     return 0
+
+
+_collective = "a collective before training"  # what this process waits for in a collective now (see `collective`)
+
+
+@contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Name the collective the block runs (``the barrier after saving``), for the message when it times out.
+    An exception leaves the name set, so that ``run_command`` can say where the process was."""
+    global _collective
+    outer, _collective = _collective, what
+    yield
+    _collective = outer
+
+
+def _timed_out(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def is_initialized() -> bool:

@@ -42,3 +42,8 @@ class CheckpointError(HasteError):
 
 class RunFolderError(HasteError):
     """The run folder already holds a different run, or holds checkpoints the recipe says not to resume."""
+
+
+class Preempted(Exception):
+    """A stop signal (SIGTERM, SIGINT, SIGUSR1) ended the run after its checkpoint was saved; not a user error.
+    The command prints the message and exits with status 75 (``haste_core.distributed.EXIT_PREEMPTED``)."""

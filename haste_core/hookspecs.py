@@ -145,6 +145,18 @@ def haste_samples_saved(run: RunContext, step: int, grid: object, path: Path) ->
 
 
 @hookspec
+def haste_images(run: RunContext, step: int, images: dict[str, Tensor]) -> None:
+    """Observe pictures drawn beside the sample grid: the attention maps of the alignments.
+
+    Called on rank 0 only, at the same steps as ``haste_samples_saved``, when an alignment has an
+    ``attention_view``. ``images`` maps a tag (``attention/<label>/<pair>``) to a uint8 C×H×W tensor on the
+    CPU, also written as a PNG under ``<run>/attention/``. While aligned, the left half of a picture is the
+    teacher's maps and the right half the student's; after termination it holds the student's maps alone.
+    Return None.
+    """
+
+
+@hookspec
 def haste_train_end(run: RunContext) -> None:
     """Observe the end of training, whether it finished or failed.
 

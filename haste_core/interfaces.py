@@ -95,6 +95,17 @@ class StudentOutput:
     attn_logits: dict[int, Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AttentionView:
+    """What an alignment compares attention maps of, for the attention pictures (``Alignment.attention_view``).
+
+    ``pairs``: a picture name (``pair_4_8``) -> (student block, teacher block). ``map_heads(name, logits)`` turns
+    the student's logits B×H_s×Q×N of that pair into the B×H_t×Q×N the loss compares with the teacher's."""
+
+    pairs: Mapping[str, tuple[int, int]]
+    map_heads: Callable[[str, Tensor], Tensor]
+
+
 @dataclass
 class TeacherOutput:
     """``tokens``: {block: B×N×D} patch tokens; ``attn_logits``: {block: B×H×N×N} over patch queries and keys."""
@@ -367,6 +378,12 @@ class Alignment(Component, nn.Module, ABC):
         """Detached 1-D tensors from the last ``forward`` worth a histogram (logged as ``align/<label>/<name>``
         at logging steps through ``haste_histograms``); keep a reference, not a copy. None by default."""
         return {}
+
+    def attention_view(self) -> AttentionView | None:
+        """The attention maps this loss compares, for pictures (``haste_images``: the teacher's maps next to
+        the student's while aligned, the student's alone after termination). The view is kept after the
+        alignment is released, so it should hold nothing large. None (no pictures) by default."""
+        return None
 
 
 class Termination(Component, ABC):

@@ -87,6 +87,9 @@ class Plugins:
     def samples_saved(self, run: Any, step: int, grid: Any, path: Path) -> None:
         self.pm.hook.haste_samples_saved(run=run, step=step, grid=grid, path=path)
 
+    def images(self, run: Any, step: int, images: dict[str, Any]) -> None:
+        self.pm.hook.haste_images(run=run, step=step, images=images)
+
     def train_end(self, run: Any) -> None:
         self.pm.hook.haste_train_end(run=run)
 

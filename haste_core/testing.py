@@ -232,7 +232,8 @@ def check_alignment(
     batch: int = 2,
 ) -> Alignment:
     """Declared captures are enough to compute the loss; the loss is an fp32 scalar that reaches every captured
-    student tensor; metrics are scalars.
+    student tensor; metrics are scalars; an ``attention_view`` names captured blocks and maps the student's heads
+    onto the teacher's.
 
     Without ``student``/``teacher`` the check runs for each of ``DEFAULT_TEACHERS`` (another width, the same
     width) that the alignment's ``check`` accepts, at least one; given, for that pair only. Returns the last
@@ -284,6 +285,16 @@ def _exercise_alignment(
     loss.backward()
     inputs = [*student_out.hidden.values(), *student_out.attn_logits.values()]
     assert inputs and all(x.grad is not None for x in inputs), f"{where}: the loss does not reach every captured tensor"
+    view = alignment.attention_view()
+    for name, (student_block, teacher_block) in (view.pairs if view is not None else {}).items():
+        assert student_block in want_s.attn and teacher_block in want_t.attn, (
+            f"{where}: attention_view pair {name} names blocks it does not capture"
+        )
+        with torch.no_grad():
+            mapped = view.map_heads(name, student_out.attn_logits[student_block][:, :, :3])
+        assert mapped.shape == (batch, teacher.num_heads, 3, tokens), (
+            f"{where}: attention_view.map_heads gives {tuple(mapped.shape)}, expected the teacher's heads"
+        )
     return alignment
 
 

@@ -17,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
         help="safetensors: the EMA weights; repa: REPA/HASTE train.py's checkpoint (model, ema, steps); dit: the "
         "official DiT/SiT release (EMA state dict); the reference's generate.py loads the last two",
     )  # fmt: skip
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE",
+        help="load this local plugin module or .py file (repeatable); the plugins a checkpoint's recipe lists are "
+        "never imported from it",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             prefixes = head_prefixes(load_plugins().registry("alignments"))  # installed plugins only
             out = export(args.source, args.out, prefixes)
         else:
-            out = export_reference(args.source, args.out, args.layout)
+            out = export_reference(args.source, args.out, args.layout, args.plugin)
     except HasteError as exc:
         return report(exc)
     print(f"wrote {'EMA student weights' if args.layout == 'safetensors' else f'the {args.layout} layout'} to {out}")

@@ -23,42 +23,62 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haste_core import distributed
+    from haste_core import cluster, distributed
     from haste_core.config.recipe import load_recipe
     from haste_core.errors import HasteError
     from haste_core.train import run_folder
+    from haste_core.train.lock import RunLock
 
     setup_logging()
     check = args.verb == "check" or getattr(args, "check", False)
+    lock = None
     try:
+        if not check:
+            cluster.check_launcher([str(args.recipe), *args.overrides])
         recipe, plugins = load_recipe(args.recipe, args.overrides)
+        missing = recipe.data_spec.unavailable
+        if missing and not check:
+            raise HasteError(f"data: {missing}")
+        if not check and distributed.env_rank() == 0:  # held until this process ends: one run per folder
+            lock = RunLock.acquire(recipe.run_dir)
         resume_from = run_folder.resume_source(recipe)
     except HasteError as exc:
+        if lock is not None:
+            lock.release(remove_new_folder=True)
         return report(exc)
-    missing = recipe.data_spec.unavailable
     if check:
         print(recipe.to_yaml(), end="")
         print(f"# ok: {summary(recipe)}; {'resume from ' + str(resume_from) if resume_from else 'fresh start'}")
         if missing:
             print(f"# note: data: {missing}")
+        from haste_core.weights.prefetch import missing_notes
+
+        for note in missing_notes(recipe, plugins, str(args.recipe)):
+            print(f"# note: weights: {note}")
         if recipe.eval.every:
             from haste_core.eval.inception import fid_weights_note
 
             if note := fid_weights_note(recipe.eval.inception):
                 print(f"# note: eval: {note}")
         return 0
-    if missing:
-        return report(HasteError(f"data: {missing}"))
 
+    from haste_core.train.log_file import log_to_file
     from haste_core.train.trainer import Trainer  # imported late: a check never pays for it
 
     def train(env: distributed.DistEnv) -> None:
+        source = distributed.broadcast_object(resume_from)  # rank 0 decided under the lock; every rank follows it
+        trainer = Trainer(recipe, plugins, env, resume_from=source)  # what can fail fails before anything is written
         if env.is_main:
             run_folder.write_recipe(recipe)
         distributed.barrier()
-        Trainer(recipe, plugins, env, resume_from=resume_from).fit()
+        with log_to_file(recipe.run_dir, env.is_main):  # opened after recipe.yaml: the folder is this run's now
+            trainer.fit()
 
-    return distributed.run_command(recipe.run.device, train)
+    try:
+        return distributed.run_command(recipe.run.device, train, recipe.run.collective_timeout)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def summary(recipe: Any) -> str:

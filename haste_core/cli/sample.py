@@ -57,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help="image i uses noise seeded by (seed, i)", **given)
     parser.add_argument("--no-ema", action="store_true", help="sample from the live weights instead of the EMA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to sample")
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE",
+        help="load this local plugin module or .py file (repeatable); the plugins a checkpoint's recipe lists are "
+        "never imported from it",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     def work(env: distributed.DistEnv) -> None:
         generate_folder(
             args.checkpoint, args.out, config, env, num=args.num, label_mode=args.labels, batch=args.batch,
-            use_ema=not args.no_ema, preset=args.preset,
+            use_ema=not args.no_ema, preset=args.preset, local_plugins=args.plugin,
         )  # fmt: skip
 
     return distributed.run_command(args.device, work)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -81,14 +82,12 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
             return value
         raise RecipeError(f"expected an integer, got {_describe(value)}", path)
     if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise RecipeError(f"expected a number, got {_describe(value)}", path)
+        number = _to_float(value)
+        if number is None:
+            raise RecipeError(f"expected a number, got {_describe(value)}", path)
+        if not math.isfinite(number):  # nan or inf passes every comparison check below and then cannot train
+            raise RecipeError(f"expected a finite number, got {value!r}", path)
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -125,6 +124,18 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: to_plain(v) for k, v in value.items()}
     return value
+
+
+def _to_float(value: Any) -> float | None:
+    """A YAML number (or numeric string, see the module docstring) as a float; None if it is not one."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _join(path: str, key: str) -> str:

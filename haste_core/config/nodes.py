@@ -48,8 +48,11 @@ class DataCore:
 
     global_batch_size: int  # summed over all processes
     num_workers: int = 0  # data-loading processes per training process
+    micro_batch_size: int = 0  # samples per forward/backward on a process (gradient accumulation); 0: all at once
 
     def __post_init__(self) -> None:
+        if self.micro_batch_size < 0:
+            raise RecipeError(f"expected an integer of 0 or more, got {self.micro_batch_size}", "micro_batch_size")
         if self.global_batch_size < 1:
             raise RecipeError(f"expected a positive integer, got {self.global_batch_size}", "global_batch_size")
         if self.num_workers < 0:
@@ -67,6 +70,10 @@ class DataNode(Node):
     @property
     def num_workers(self) -> int:
         return self.core.num_workers
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.core.micro_batch_size
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), **to_plain(self.core)}
@@ -140,6 +147,13 @@ def data_node(raw: Any, registry: Registry, world_size: int) -> DataNode:
             f"{batch} does not divide over {world_size} processes (WORLD_SIZE={world_size}); "
             f"use a multiple of {world_size}, such as {lower or upper} or {upper}",
             "data.global_batch_size",
+        )
+    per_rank, micro = batch // world_size, core.micro_batch_size
+    if micro and per_rank % micro:
+        raise RecipeError(
+            f"{micro} does not divide the {per_rank} samples each of the {world_size} process(es) trains on per "
+            f"step (global_batch_size {batch}); use a divisor of {per_rank}, or 0 for no accumulation",
+            "data.micro_batch_size",
         )
     config = build_config(entry.cls.Config, settings, "data")
     return DataNode(name=name, config=config, entry=entry, path="data", core=core)

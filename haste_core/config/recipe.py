@@ -35,11 +35,17 @@ from haste_core.config.sections import (
     SamplingConfig,
 )
 from haste_core.config.source import SECTIONS, apply_overrides, dump_yaml, find_recipe, read_yaml
+from haste_core.config.speed import ActivationCheckpointingConfig, CompileConfig, PerfConfig
 from haste_core.errors import RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, TeacherSpec
 from haste_core.plugins import Plugins, load_plugins
 
 SINGLE_TEACHER_KEY = "teacher"
+_SPEED_SECTIONS = {
+    "compile": CompileConfig,
+    "activation_checkpointing": ActivationCheckpointingConfig,
+    "perf": PerfConfig,
+}
 BUILT_IN_SAMPLERS = ("euler", "heun", "sde")  # haste_core.eval.samplers; an objective may add its own
 
 
@@ -63,6 +69,11 @@ class Recipe:
     source: str
     watch: tuple[Node, ...] = ()  # termination.watch: policies that only observe (haste_core/train/phase.py)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)  # in-training FID (off by default)
+    compile: CompileConfig = dataclasses.field(default_factory=CompileConfig)
+    activation_checkpointing: ActivationCheckpointingConfig = dataclasses.field(
+        default_factory=ActivationCheckpointingConfig
+    )
+    perf: PerfConfig = dataclasses.field(default_factory=PerfConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -93,6 +104,9 @@ class Recipe:
             out[key] = to_plain(getattr(self, key))
         if self.eval.every:
             out["eval"] = to_plain(self.eval)
+        for key in _SPEED_SECTIONS:  # written only when set, like eval: a recipe without them reads as before
+            if getattr(self, key) != _SPEED_SECTIONS[key]():
+                out[key] = to_plain(getattr(self, key))
         if self.plugins:
             out["plugins"] = list(self.plugins)
         return out
@@ -194,6 +208,7 @@ def validate(raw: Mapping[str, Any], plugins: Plugins, *, world_size: int = 1, s
         source=source,
         watch=watch,
         eval=build_config(EvalConfig, raw.get("eval") or {}, "eval"),
+        **{key: build_config(cls, raw.get(key) or {}, key) for key, cls in _SPEED_SECTIONS.items()},
     )
 
 

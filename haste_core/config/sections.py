@@ -6,6 +6,7 @@ Each is a frozen dataclass validated like a component's ``Config``; defaults are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 from haste_core.errors import RecipeError
@@ -24,8 +25,12 @@ class RunConfig:
     resume: str = "auto"  # auto: continue from latest.pt if present; never; or a checkpoint path
     init_from: str = ""  # a fresh run starts from these student (and EMA, repa projector) weights; see docs/students.md
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # seconds a collective may wait for the other processes before the process group gives up (a stalled rank)
+    collective_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.collective_timeout_s <= 0:
+            raise RecipeError(f"must be positive, got {self.collective_timeout_s}", "collective_timeout_s")
         if not self.name or "/" in self.name or self.name in {".", ".."}:
             raise RecipeError(f"{self.name!r} is not a folder name; use letters, digits, '-' and '_'", "name")
         for key in ("max_steps", "log_every"):
@@ -36,6 +41,10 @@ class RunConfig:
                 raise RecipeError(f"must be 0 or more, got {getattr(self, key)}", key)
         if not self.resume:
             raise RecipeError("give 'auto', 'never' or the path of a .pt file", "resume")
+
+    @property
+    def collective_timeout(self) -> timedelta:
+        return timedelta(seconds=self.collective_timeout_s)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -51,6 +60,8 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise RecipeError(f"must be positive, got {self.lr}", "lr")
+        if self.eps <= 0:
+            raise RecipeError(f"must be positive (AdamW divides by sqrt(v) + eps), got {self.eps}", "eps")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise RecipeError(f"each beta must be in [0, 1), got {list(self.betas)}", "betas")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:

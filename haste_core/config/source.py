@@ -14,7 +14,7 @@ from haste_core.errors import RecipeError
 
 SECTIONS = (
     "run", "data", "student", "objective", "teacher", "teachers", "alignment", "termination",
-    "optimizer", "ema", "precision", "sampling", "eval", "plugins",
+    "optimizer", "ema", "precision", "sampling", "eval", "plugins", "compile", "activation_checkpointing", "perf",
 )  # fmt: skip
 
 
@@ -36,7 +36,12 @@ def find_recipe(path: str | Path) -> Path:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}); save the recipe "
+            "as UTF-8 (most editors offer it under 'encoding')"
+        ) from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -51,7 +56,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         key_path, sep, text = item.partition("=")
         if not sep or not key_path:
             raise RecipeError(f"override {item!r} is not of the form key.path=value (e.g. optimizer.lr=3e-4)")
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            raise RecipeError(
+                f"override {item!r}: {text!r} is not a valid YAML value ({problem}); quote strings and close "
+                "brackets, e.g. optimizer.betas=[0.9,0.999] or run.name=my-run"
+            ) from None
         keys = key_path.split(".")
         node: Any = raw
         for depth, key in enumerate(keys):

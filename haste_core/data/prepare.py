@@ -224,11 +224,15 @@ def prepare(args: PrepareSettings, env: distributed.DistEnv, encoder: Any = None
         range(s, min(s + args.shard_size, len(source.paths))) for s in range(0, len(source.paths), args.shard_size)
     ]
     mine = [s for s in range(len(shards)) if s % env.world_size == env.rank]
-    todo = [s for s in mine if not (args.dst / RECORDS / f"{s:05d}.json").is_file()]
+    todo = [s for s in mine if not shard_complete(args.dst, s, len(shards[s]))]
     if env.is_main:
         args.dst.mkdir(parents=True, exist_ok=True)
         write_manifest(args.dst, {"format": FORMAT, **settings, "complete": False, "shards": []})
-        done = sum((args.dst / RECORDS / f"{s:05d}.json").is_file() for s in range(len(shards)))
+        done = (
+            len(shards) - len(todo)
+            if env.world_size == 1
+            else sum((args.dst / RECORDS / f"{s:05d}.json").is_file() for s in range(len(shards)))
+        )
         log.info(
             f"{len(source.paths)} items in {len(shards)} shards ({done} already done), {env.world_size} process(es)"
         )
@@ -246,7 +250,7 @@ def prepare(args: PrepareSettings, env: distributed.DistEnv, encoder: Any = None
     if not env.is_main:
         return None
     records = [json.loads((args.dst / RECORDS / f"{s:05d}.json").read_text()) for s in range(len(shards))]
-    manifest = {"format": FORMAT, **settings, "complete": True, "shards": records,
+    manifest = {"format": FORMAT, **settings, "complete": True, "shards": records, "command": prepare_command(args),
                 "latent_shape": _latent_shape(args.dst), "num_classes": len(source.classes),
                 "classes": source.classes}  # fmt: skip
     if args.kind == "coco":
@@ -260,6 +264,37 @@ def prepare(args: PrepareSettings, env: distributed.DistEnv, encoder: Any = None
     write_manifest(args.dst, manifest)
     log.info(f"done: {manifest['num_items']} items in {args.dst} (manifest {args.dst / MANIFEST})")
     return manifest
+
+
+def shard_complete(dst: Path, shard: int, count: int) -> bool:
+    """Whether shard ``shard`` was finished and its files are still whole: its record exists and every file it
+    lists is a readable ``.npy`` of ``count`` items whose size is what its header says (an empty or truncated
+    file fails here). A bad shard's record is removed, so the shard is made again."""
+    record_path = dst / RECORDS / f"{shard:05d}.json"
+    if not record_path.is_file():
+        return False
+    try:
+        record = json.loads(record_path.read_text())
+        whole = record["count"] == count and all(
+            np.load(shard_file(dst, name, shard), mmap_mode="r").shape[0] == count for name in record["files"]
+        )
+    except (OSError, ValueError, EOFError, KeyError, TypeError):  # missing, empty, truncated, or not an array
+        whole = False
+    if not whole:
+        log.warning(f"shard {shard} of {dst} is damaged or incomplete: making it again")
+        record_path.unlink()
+    return whole
+
+
+def prepare_command(args: PrepareSettings) -> str:
+    """The ``haste prepare`` command that makes (and, run again, checks and repairs) this folder."""
+    defaults = PrepareSettings(kind=args.kind, src=args.src, dst=args.dst)
+    flags = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in
+             ("resolution", "vae", "shard_size", "limit", "split", "captions", "text_model", "text_weights")
+             if getattr(args, name) != getattr(defaults, name) and (args.kind == "coco" or name not in
+             ("split", "captions", "text_model", "text_weights"))]  # fmt: skip
+    flags += ["--flip"] if args.flip else []
+    return " ".join(["haste prepare", args.kind, str(Path(args.src).resolve()), str(Path(args.dst).resolve()), *flags])
 
 
 def _latent_shape(dst: Path) -> list[int]:

@@ -30,6 +30,7 @@ from haste_core.errors import HasteError
 MANIFEST = "manifest.json"
 FORMAT = "haste-prepared/1"
 CHECKSUM_CHUNK = 1 << 22  # bytes read at a time when hashing
+REQUIRED_KEYS = ("kind", "resolution", "num_items", "num_classes", "latent_shape", "shards")
 
 
 def shard_file(root: Path, field: str, shard: int) -> Path:
@@ -69,6 +70,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise HasteError(f"{path} is not a readable manifest ({exc}); prepare the folder again") from None
+    if not isinstance(manifest, dict):
+        raise HasteError(
+            f"{path} holds a {type(manifest).__name__}, not a manifest (a JSON object); prepare the folder again"
+        )
     if manifest.get("format") != FORMAT:
         raise HasteError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; prepare it again")
     if not manifest.get("complete"):
@@ -77,6 +82,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
             f"{root} is only partly prepared ({done} of {manifest.get('num_items')} items); run the same "
             "`haste prepare` command again to finish it (it resumes)"
         )
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    bad_shards = not isinstance(manifest.get("shards"), list) or not all(
+        isinstance(shard, dict) and "count" in shard and "files" in shard for shard in manifest["shards"]
+    )
+    if missing or bad_shards:
+        what = f"lacks {', '.join(missing)}" if missing else "has shard entries without count and files"
+        hint = f"run `{manifest['command']}` again" if "command" in manifest else "prepare the folder again"
+        raise HasteError(f"{path} {what}; it was edited or written by something else: {hint}")
     return manifest
 
 
@@ -88,6 +101,7 @@ class ShardedField:
     field: str
     counts: list[int]
     item_shape: tuple[int, ...] | None = None
+    repair: str = ""  # the command that checks the folder and redoes bad shards (the manifest's "command")
 
     def __post_init__(self) -> None:
         self.starts = np.cumsum([0, *self.counts])
@@ -106,19 +120,38 @@ class ShardedField:
         if array is None:
             path = shard_file(self.root, self.field, shard)
             if not path.is_file():
-                raise HasteError(f"{path} is missing; prepare the folder again (the command resumes)")
+                raise HasteError(f"{path} is missing; {self._repair_hint()}")
             try:
                 array = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise HasteError(f"{path} is corrupt ({exc}); delete it and rerun the prepare command") from None
+            except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+                raise HasteError(f"{path} is empty, truncated or corrupt ({exc}); {self._repair_hint()}") from None
             expected = self.counts[shard]
             if array.shape[0] != expected or (self.item_shape and tuple(array.shape[1:]) != self.item_shape):
                 raise HasteError(
                     f"{path} holds an array of shape {list(array.shape)}, the manifest expects "
-                    f"{[expected, *(self.item_shape or array.shape[1:])]}; delete it and rerun the prepare command"
+                    f"{[expected, *(self.item_shape or array.shape[1:])]}; {self._repair_hint()}"
                 )
             self._arrays[shard] = array
         return array
+
+    def _repair_hint(self) -> str:
+        command = f"`{self.repair}`" if self.repair else "the `haste prepare` command that made this folder"
+        return f"run {command} again: it checks every shard and redoes the damaged ones"
+
+    def check_labels(self, num_classes: int) -> None:
+        """Every label is a class of the manifest (0..num_classes-1): a label equal to ``num_classes`` would
+        otherwise train silently as the null class of classifier-free guidance."""
+        for shard in range(len(self.counts)):
+            labels = np.asarray(self._open(shard))
+            bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+            if bad.size:
+                first = int(bad[0])
+                raise HasteError(
+                    f"{shard_file(self.root, self.field, shard)}: item {int(self.starts[shard]) + first} (row {first} "
+                    f"of that file) has label {int(labels[first])}, and {bad.size} label(s) there are out of range; "
+                    f"valid labels are 0..{num_classes - 1} ({self.root / MANIFEST} says num_classes "
+                    f"{num_classes}). Fix that file, or prepare the folder again."
+                )
 
     def __getitem__(self, index: int) -> np.ndarray:
         shard = int(np.searchsorted(self.starts, index, side="right")) - 1

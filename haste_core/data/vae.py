@@ -1,7 +1,7 @@
 """The SD-VAE (diffusers ``AutoencoderKL``): encode images to posterior moments, decode latents to images.
 
-``diffusers`` is the optional extra ``haste[vae]`` and is imported only when a VAE is loaded. Weights come from
-a local folder (one that ``AutoencoderKL.save_pretrained`` wrote) or from the Hugging Face hub cache; with
+``diffusers`` is the optional extra ``haste-diffusion[vae]`` and is imported only when a VAE is loaded. Weights come
+from a local folder (one that ``AutoencoderKL.save_pretrained`` wrote) or from the Hugging Face hub cache; with
 ``HF_HUB_OFFLINE=1`` a VAE that is not in the cache fails at once, saying how to fetch it.
 """
 
@@ -26,7 +26,8 @@ def load_vae(name_or_path: str = DEFAULT_VAE, device: torch.device | str = "cpu"
         from diffusers import AutoencoderKL
     except ImportError:
         raise HasteError(
-            "the VAE needs the optional package 'diffusers': pip install 'haste[vae]' (or pip install diffusers)"
+            "the VAE needs the optional package 'diffusers': pip install 'haste-diffusion[vae]' "
+            "(or pip install diffusers accelerate)"
         ) from None
     local = Path(name_or_path).expanduser()
     if local.is_dir():
@@ -53,7 +54,7 @@ def check_vae_reachable(name_or_path: str) -> None:
         import diffusers  # noqa: F401
     except ImportError:
         raise HasteError(
-            "decoding latents needs the optional package 'diffusers': pip install 'haste[vae]' "
+            "decoding latents needs the optional package 'diffusers': pip install 'haste-diffusion[vae]' "
             "(or set data.preview=channels)"
         ) from None
     local = Path(name_or_path).expanduser()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from haste_core.errors import HasteError
 from haste_core.eval.samplers import PATH_SEED_OFFSET, sample
 from haste_core.eval.scores import write_npz
 from haste_core.weights import checkpoint
+from haste_core.weights.checkpoint_recipe import checkpoint_recipe
 
 log = logging.getLogger("haste")
 
@@ -72,15 +74,13 @@ def generate(
     return dataset.to_images(x.float()).cpu()
 
 
-def load_student(path: Path, device: torch.device, use_ema: bool = True) -> tuple[Any, Any, Any, Any]:
-    """(recipe, student in eval mode, objective, data set) from a checkpoint."""
-    from haste_core.config.recipe import validate
-    from haste_core.plugins import load_plugins
-
+def load_student(
+    path: Path, device: torch.device, use_ema: bool = True, local_plugins: Sequence[str] = ()
+) -> tuple[Any, Any, Any, Any]:
+    """(recipe, student in eval mode, objective, data set) from a checkpoint; only installed plugins and the
+    ``local_plugins`` the user named are loaded, never the ones the checkpoint's recipe lists."""
     state = checkpoint.load(path)
-    raw = state["recipe"]
-    plugins = load_plugins(raw.get("plugins") or [])
-    recipe = validate(raw, plugins, source=str(path))
+    recipe, _ = checkpoint_recipe(state, path, local_plugins)
     if recipe.data_spec.unavailable:
         raise HasteError(f"data: {recipe.data_spec.unavailable}")
     student = recipe.student.build(data=recipe.data_spec, spec=recipe.student_spec)
@@ -103,11 +103,13 @@ def generate_folder(
     batch: int = 64,
     use_ema: bool = True,
     preset: str | None = None,
+    local_plugins: Sequence[str] = (),
 ) -> Path | None:
     """Write images 0..num-1 of ``checkpoint_path``'s student to ``out`` (this rank's share; images already there are
     kept), then on rank 0 the ``.npz`` next to ``out`` and ``out/sampling.json``; returns the ``.npz`` path on rank 0
-    (None on the others). ``preset``: the evaluation preset the settings come from, recorded in ``sampling.json``."""
-    _, student, objective, dataset = load_student(checkpoint_path, env.device, use_ema=use_ema)
+    (None on the others). ``preset``: the evaluation preset the settings come from, recorded in ``sampling.json``;
+    ``local_plugins``: plugin modules the user named (a checkpoint's own list is never imported)."""
+    _, student, objective, dataset = load_student(checkpoint_path, env.device, use_ema, local_plugins)
     classes = dataset.spec.num_classes
     labels = image_labels(num, classes, label_mode, config.seed) if classes else None
     out.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,8 @@ def fid_weights_note(path: str | Path | None = None) -> str:
         return ""
     return (
         f"the FID Inception weights are not in {' or '.join(map(str, candidates))}; a run downloads "
-        f"{FID_WEIGHTS_URL} at its start, or stops there when offline"
+        f"{FID_WEIGHTS_URL} at its start, or stops there when offline; to train offline, download that file "
+        "and give its path as eval.inception"
     )
 
 

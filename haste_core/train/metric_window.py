@@ -95,8 +95,19 @@ def check_finite(metrics: dict[str, float], step: int, latest_checkpoint: Path) 
     )
 
 
-def format_metrics(step: int, max_steps: int, metrics: dict[str, float]) -> str:
-    """The progress line printed on logging steps."""
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (``d-h:mm:ss`` beyond a day), as a progress line shows elapsed time and ETA."""
+    whole = max(0, round(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
+def format_metrics(
+    step: int, max_steps: int, metrics: dict[str, float], elapsed_s: float | None = None, eta_s: float | None = None
+) -> str:
+    """The progress line printed on logging steps; with ``elapsed_s`` and ``eta_s``, the time so far and to go."""
     parts = [
         f"step {step}/{max_steps}",
         f"loss {metrics['loss/total']:.4f}",
@@ -114,4 +125,6 @@ def format_metrics(step: int, max_steps: int, metrics: dict[str, float]) -> str:
     parts.append(f"{metrics['perf/step_s'] * 1000:.1f} ms/step")
     parts.append(f"{metrics['perf/samples_per_s']:.0f} samples/s")
     parts.append("aligned" if metrics.get("align/active", 0.0) > 0.5 else "denoise only")
+    if elapsed_s is not None and eta_s is not None:
+        parts.append(f"elapsed {format_duration(elapsed_s)} eta {format_duration(eta_s)}")
     return " | ".join(parts)

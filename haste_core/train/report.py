@@ -4,6 +4,7 @@ start and end. Values are summed on the device every step and read once per logg
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ class Reporter:
         self.env, self.run_dir, self.max_steps = env, run_dir, max_steps
         self.window = MetricWindow(env.device, global_batch)
         self.probe_log: dict[str, float] = {}  # the last gradient probe's health figures, logged once
+        self.started, self.first_step = time.perf_counter(), 0  # this process's share of the run, for the ETA
 
     def collect(self, step: int, lr: float, stops: list[Stop], plan: PhasePlan) -> dict[str, float]:
         """The window's averages plus what happened since the last log (terminations, would-fire steps, the
@@ -45,7 +47,10 @@ class Reporter:
             metrics["termination/fired"] = float(step)
         check_finite(metrics, step, checkpoint.latest_path(self.run_dir))
         if self.env.is_main:
-            log.info(format_metrics(step, self.max_steps, metrics))
+            elapsed = time.perf_counter() - self.started
+            # the ETA is the wall time per step of this process so far (sampling and checkpoints included)
+            eta = elapsed / max(step - self.first_step, 1) * (self.max_steps - step)
+            log.info(format_metrics(step, self.max_steps, metrics, elapsed, eta))
         return metrics
 
     def watched(self, plan: PhasePlan) -> None:
@@ -55,6 +60,7 @@ class Reporter:
                 log.info(f"step {event.step}: watch policy '{event.name}' would stop alignment now ({event.reason})")
 
     def start(self, step: int, student: torch.nn.Module, student_name: str, active: list[str]) -> None:
+        self.started, self.first_step = time.perf_counter(), step
         if not self.env.is_main:
             return
         count = sum(p.numel() for p in student.parameters())

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +16,17 @@ import yaml
 from haste_core.config.recipe import Recipe
 from haste_core.errors import CheckpointError, RecipeError, RunFolderError
 from haste_core.train import fork
+from haste_core.train.lock import LOCK_FILE
 from haste_core.weights import checkpoint
 
 RECIPE_FILE = "recipe.yaml"
 # Settings that may change when a run is continued: where its folder is, how long it runs, how often it logs and
-# saves. Everything else must be what the checkpoint was trained with.
+# saves, and how a step is computed (micro-batches, compilation, recomputation: the same step, another speed).
+# Everything else must be what the checkpoint was trained with.
 CHANGEABLE_ON_RESUME = {
     "run.name", "run.output_dir", "run.max_steps", "run.resume", "run.log_every", "run.checkpoint_every",
-    "run.keep_checkpoints", "run.sample_every", "run.device", "data.num_workers",
+    "run.keep_checkpoints", "run.sample_every", "run.device", "run.collective_timeout_s", "data.num_workers",
+    "data.micro_batch_size", "compile", "activation_checkpointing", "perf",
 }  # fmt: skip
 # Which plugin modules load is not what a run is: observers (monitors such as TensorBoard, a user's logger) do not
 # change training, and the components that do are compared through their own nodes (registered name, settings).
@@ -32,13 +37,19 @@ def resume_source(recipe: Recipe) -> Path | None:
     """The checkpoint to resume from (None: start fresh); ``RunFolderError`` if the folder must not be used."""
     run_dir = recipe.run_dir
     saved = run_dir / RECIPE_FILE
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not saved.is_file():
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(
+            f"{run_dir} is a file, not a run folder; nothing was written. Choose another run.name or run.output_dir."
+        )
+    held = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.is_dir() else []
+    if held and not saved.is_file() and not has_checkpoints(run_dir):
         raise RunFolderError(
             f"{run_dir} already holds files but no {RECIPE_FILE}, so it is not a haste run folder; nothing was "
             "written. Choose another run.name or run.output_dir."
         )
-    if saved.is_file():
-        differences = recipe_differences(yaml.safe_load(saved.read_text()) or {}, recipe.to_dict())
+    # a folder whose run never saved a checkpoint (it failed early) is free: the corrected command may use it
+    if saved.is_file() and has_checkpoints(run_dir):
+        differences = recipe_differences(read_saved_recipe(saved), recipe.to_dict())
         if differences:
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
             raise RunFolderError(
@@ -64,6 +75,28 @@ def resume_source(recipe: Recipe) -> Path | None:
     else:
         check_init_from(recipe)
     return source
+
+
+def has_checkpoints(run_dir: Path) -> bool:
+    return checkpoint.latest_path(run_dir).is_file() or bool(checkpoint.step_files(run_dir))
+
+
+def read_saved_recipe(path: Path) -> dict[str, Any]:
+    """A run folder's ``recipe.yaml`` as a dict; ``RunFolderError`` naming the file if it is damaged."""
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise RunFolderError(
+            f"{path} is damaged ({type(exc).__name__}: {detail}); nothing was changed. The checkpoints hold the "
+            "recipe too: delete that file to let haste write it again from this command's recipe, or restore it."
+        ) from None
+    if saved is not None and not isinstance(saved, dict):
+        raise RunFolderError(
+            f"{path} is damaged (it holds a {type(saved).__name__}, not a recipe mapping); nothing was changed. "
+            "Delete that file to let haste write it again from this command's recipe, or restore it."
+        )
+    return saved or {}
 
 
 def check_init_from(recipe: Recipe) -> None:
@@ -99,7 +132,7 @@ def write_recipe(recipe: Recipe) -> None:
     run_dir = recipe.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     header = f"# resolved recipe of run '{recipe.run.name}' (from {recipe.source}); haste writes this file\n"
-    temporary = run_dir / f".{RECIPE_FILE}.tmp"
+    temporary = run_dir / f".{RECIPE_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     temporary.write_text(header + recipe.to_yaml())
     temporary.replace(run_dir / RECIPE_FILE)
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from haste_core import distributed
 from haste_core.config.recipe import Recipe
-from haste_core.interfaces import Alignment, Capture, Teacher, TeacherOutput
+from haste_core.interfaces import Alignment, AttentionView, Capture, Teacher, TeacherOutput
 from haste_core.train.metric_window import BYTES_PER_MB
 from haste_core.train.phase import PhasePlan, Stop
 
@@ -50,6 +50,10 @@ class AlignmentStage:
             .build(student=recipe.student_spec, teacher=recipe.teacher_specs[self.nodes[label].teacher])
             .to(device)
             for label in plan.active
+        }
+        # what the attention pictures draw: kept after release, so Phase II shows the student's maps alone
+        self.views: dict[str, AttentionView] = {
+            label: view for label, alignment in self.alignments.items() if (view := alignment.attention_view())
         }
         self.teachers: dict[str, Teacher] = {}
         for key in self._needed_teachers():
@@ -95,6 +99,10 @@ class AlignmentStage:
         (``fade``). The training module and the gradient probe both use this."""
         scales = self.plan.weight_scales(step)
         return {label: self.nodes[label].weight * scales.get(label, 1.0) for label in self.active}
+
+    def label_teachers(self) -> dict[str, Teacher]:
+        """Each active alignment's teacher, by label."""
+        return {label: self.teachers[self.nodes[label].teacher] for label in self.active}
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> dict[str, TeacherOutput]:

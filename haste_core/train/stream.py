@@ -35,11 +35,19 @@ class EpochBatches(Sampler[list[int]]):
         return self.batches_per_epoch - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * _EPOCH_SEED_STRIDE + self.epoch)
-        order = torch.randperm(self.num_items, generator=generator)
+        order = self.order(self.epoch)
         for batch in range(self.start, self.batches_per_epoch):
-            begin = batch * self.global_batch + self.rank * self.per_rank
-            yield order[begin : begin + self.per_rank].tolist()
+            yield self.slice(order, batch, self.rank)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The item order of ``epoch`` (the same on every rank)."""
+        generator = torch.Generator().manual_seed(self.seed * _EPOCH_SEED_STRIDE + epoch)
+        return torch.randperm(self.num_items, generator=generator)
+
+    def slice(self, order: torch.Tensor, batch: int, rank: int) -> list[int]:
+        """Rank ``rank``'s item indices of global batch ``batch`` of an epoch's ``order``."""
+        begin = batch * self.global_batch + rank * self.per_rank
+        return order[begin : begin + self.per_rank].tolist()
 
 
 class DataStream:
@@ -79,6 +87,15 @@ class DataStream:
 
     def position(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch}
+
+    def taken(self) -> tuple[int, int]:
+        """The (epoch, batch) of the batch last handed out."""
+        return self.epoch, self.batch - 1
+
+    def item_index(self, taken: tuple[int, int], rank: int, position: int) -> int:
+        """The data set index of item ``position`` of the batch rank ``rank`` took at ``taken`` (see ``taken``)."""
+        epoch, batch = taken
+        return self.sampler.slice(self.sampler.order(epoch), batch, rank)[position]
 
     def load_position(self, position: dict[str, int]) -> None:
         self.epoch, self.batch = int(position["epoch"]), int(position["batch"])

@@ -23,14 +23,19 @@ from torch import Tensor, nn
 from haste_core import distributed
 from haste_core.config.recipe import Recipe
 from haste_core.distributed import DistEnv
+from haste_core.errors import Preempted
 from haste_core.eval.grid import sample_grid, save_png
-from haste_core.interfaces import Objective, RunContext, Student
+from haste_core.interfaces import Objective, RunContext, Student, TrainingPair
 from haste_core.plugins import Plugins
-from haste_core.train import fork, probe
+from haste_core.train import activation_checkpointing, attention_pictures, compilation, fork, probe
+from haste_core.train.accumulate import accumulate, micro_slices
 from haste_core.train.ema import EMA
+from haste_core.train.guard import DivergenceGuard
 from haste_core.train.metric_window import BYTES_PER_MB
+from haste_core.train.perf import Throughput
 from haste_core.train.phase import PhasePlan, Stop
 from haste_core.train.report import Reporter
+from haste_core.train.signals import StopAgreement, StopRequest
 from haste_core.train.stage import AlignmentStage
 from haste_core.train.stream import DataStream
 from haste_core.train.train_step import TrainStep
@@ -67,7 +72,11 @@ class Trainer:
         self.student: Student = recipe.student.build(data=recipe.data_spec, spec=recipe.student_spec).to(device)
         self.objective: Objective = recipe.objective.build()
         self.ema = EMA(self.student, recipe.ema.decay)
+        # after the EMA copy: the EMA model (sampling, evaluation) never needs recomputation
+        activation_checkpointing.apply(self.student, recipe.activation_checkpointing.every, recipe.student.name)
+        compilation.compile_student(self.student, recipe.compile)
         self.stage = AlignmentStage(recipe, plan, device, plugins.resolve_weights)
+        compilation.compile_teachers(self.stage.teachers, recipe.compile)
         if state is None and recipe.run.init_from:
             self._init_from(recipe.run.init_from)
         opt = recipe.optimizer
@@ -85,6 +94,7 @@ class Trainer:
             num_workers=recipe.data.num_workers,
             device=device,
         )
+        self.guard = DivergenceGuard(device, recipe.run_dir, self.stream.item_index)
         self.step = 0
         if state is not None:
             self._load(state, resume_from)
@@ -96,8 +106,15 @@ class Trainer:
         if not self.stage.teachers:
             self.dataset.set_images_needed(False)
         self.module = self._wrap()
+        per_rank = recipe.data.global_batch_size // env.world_size
+        self._micro_slices = micro_slices(per_rank, recipe.data.micro_batch_size)
+        precision = recipe.precision
+        self.throughput = Throughput(device, per_rank, precision.dtype, precision.tf32, recipe.perf.peak_tflops)
+        grid = recipe.student_spec.grid
+        self.pictures = attention_pictures.AttentionPictures(self.dataset, self.objective, grid, device)
         self.report = Reporter(env, recipe.data.global_batch_size, recipe.run_dir, recipe.run.max_steps)
         self._one, self._zero = torch.ones((), device=device), torch.zeros((), device=device)
+        self.stop, self.stop_agreement = StopRequest(), StopAgreement(recipe.run.collective_timeout)
         self.run = RunContext(
             recipe=recipe,
             run_dir=recipe.run_dir,
@@ -127,27 +144,45 @@ class Trainer:
         self.plugins.train_start(self.run)
         self.report.start(self.step, self.student, self.recipe.student.name, self.stage.active)
         started, first_step = time.perf_counter(), self.step
+        self.stop.install()
         try:
             while self.step < self.recipe.run.max_steps:
                 self.train_step()
+                with distributed.collective(f"the stop-signal agreement after step {self.step}"):
+                    stop = self.stop_agreement.poll(self.stop.signum is not None)
+                if stop and self.step < run.max_steps:
+                    self._stop_for_signal()
+            self.stop_agreement.close()
         except BaseException as exc:
             self.run.error = exc
             raise
         finally:
+            self.stop.restore()
             self.plugins.train_end(self.run)
         self.report.end(self.step - first_step, time.perf_counter() - started)
 
     def train_step(self) -> None:
         """One optimiser step, then everything that follows it (policies, logging, saving, sampling)."""
         batch = self.dataset.finish_batch(next(self.stream))
+        weights = self.stage.weights(self.step + 1)
         with self._autocast():
-            teacher_outputs = self.stage.encode(batch["image"]) if self.stage.teachers else {}
             pair = self.objective.training_pair(batch["x"])
-            args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs, self.stage.weights(self.step + 1))
-            probed = self._probe(args)
-            total, parts = self.module(*args)
-        del teacher_outputs, args
-        self.scaler.scale(total).backward()
+        if self.throughput.flops is None:  # once per phase
+            args = (self.student, self.objective, self.stage, batch, pair, weights)
+            self._timed(lambda: self.throughput.count(*args))
+        ddp = f"the DDP collectives of step {self.step + 1} (buffer broadcast, gradient all_reduce)"
+        with distributed.collective(ddp):
+            probed = self._probe(batch, pair, weights)
+            parts = accumulate(
+                self.module,
+                self._micro_slices,
+                batch,
+                pair,
+                lambda part: self.stage.encode(batch["image"][part]) if self.stage.teachers else {},
+                weights,
+                self._autocast,
+                lambda loss: self.scaler.scale(loss).backward(),
+            )
         self.scaler.unscale_(self.optimizer)
         trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.recipe.optimizer.grad_clip:
@@ -162,6 +197,10 @@ class Trainer:
         self.step += 1
 
         values = {key: value.detach() for key, value in parts.items()}
+        # fp16: a non-finite gradient norm is a step the scaler skips on purpose, not a divergence
+        self.guard.observe(
+            self.step, self.stream.taken(), batch["x"], values.values(), None if self.scaler.is_enabled() else grad_norm
+        )
         stops = self.plan.update(self.step, {**values, **probed})
         self.report.watched(self.plan)
         finite = torch.isfinite(grad_norm)  # not finite: an fp16 step the gradient scaler skipped
@@ -177,9 +216,15 @@ class Trainer:
         so that a checkpoint of the step a policy fired at is already a Phase-II checkpoint)."""
         run = self.recipe.run
         last = self.step == run.max_steps
-        metrics: dict[str, float] = {}
-        if stops or last or self.step % run.log_every == 0:  # a window never straddles a phase change
-            metrics = self.report.collect(self.step, self.optimizer.param_groups[0]["lr"], stops, self.plan)
+        log_now = bool(stops) or last or self.step % run.log_every == 0  # a window never straddles a phase change
+        save_now = last or bool(run.checkpoint_every and self.step % run.checkpoint_every == 0)
+        with distributed.collective(f"the metrics and checks of step {self.step}"):
+            if log_now or save_now:
+                self.guard.check(self.step)  # the only read of the divergence records: no host sync on other steps
+            metrics: dict[str, float] = {}
+            if log_now:
+                metrics = self.report.collect(self.step, self.optimizer.param_groups[0]["lr"], stops, self.plan)
+                metrics.update(self.throughput.metrics(metrics["perf/step_s"]))
         if self.evaluator is not None and self.evaluator.due(self.step, last):
             metrics = {**metrics, **self._evaluate()}
         self.plugins.step_end(self.run, self.step, metrics)
@@ -189,8 +234,20 @@ class Trainer:
             self._timed(lambda: self._terminate(stops))
         if last or (run.sample_every and self.step % run.sample_every == 0):
             self._timed(self.sample)
-        if last or (run.checkpoint_every and self.step % run.checkpoint_every == 0):
+        if save_now:
+            with distributed.collective(f"saving the checkpoint of step {self.step}"):
+                self._timed(self.save_checkpoint)
+
+    def _stop_for_signal(self) -> None:
+        """Every rank has finished this step: save it (unless just saved) and end the run for a later resume."""
+        run = self.recipe.run
+        if not (run.checkpoint_every and self.step % run.checkpoint_every == 0):
             self._timed(self.save_checkpoint)
+        signal_name = self.stop.name or "a stop signal (sent to another rank)"
+        raise Preempted(
+            f"{signal_name}: stopped after step {self.step} of {run.max_steps} and saved "
+            f"{checkpoint.step_path(self.recipe.run_dir, self.step)}; run the same command again to resume from it"
+        )
 
     # --- phase change ---------------------------------------------------------------------------------------
 
@@ -199,6 +256,8 @@ class Trainer:
         cuda = self.env.device.type == "cuda"
         allocated_before = torch.cuda.memory_allocated(self.env.device) if cuda else 0
         self.stage.release(stops, self.optimizer, self.step)
+        self.throughput.flops = None  # the next step counts the new phase's
+        compilation.note_phase_change(self.recipe.compile, self.step)
         if not self.stage.active:
             self.dataset.set_images_needed(False)
             self.stream.restart()
@@ -227,13 +286,16 @@ class Trainer:
         import_checkpoint(published, self.ema.model, weights="ema", name=name)
         log.info(f"initialised {name} from {path} ({published.layout} layout)")
 
-    def _probe(self, args: tuple[Any, ...]) -> dict[str, Tensor]:
-        """The gradient probe (``haste_core.train.probe``) when a policy asks for it at this step; its time is
-        logged as ``perf/probe_s`` and left out of ``perf/step_s``."""
+    def _probe(self, batch: dict[str, Any], pair: TrainingPair, weights: dict[str, float]) -> dict[str, Tensor]:
+        """The gradient probe (``haste_core.train.probe``) on the step's whole batch when a policy asks for it at
+        this step; its time is logged as ``perf/probe_s`` and left out of ``perf/step_s``."""
         if not self.stage.active or not self.plan.probe_due(self.step + 1):
             return {}
         started = time.perf_counter()
-        result = probe.measure(distributed.unwrap(self.module), args, args[-1], self.env.device)
+        with self._autocast():
+            teacher_outputs = self.stage.encode(batch["image"])
+            args = (pair.x_t, pair.t, batch["cond"], pair.target, teacher_outputs, weights)
+            result = probe.measure(distributed.unwrap(self.module), args, weights, self.env.device)
         health = probe.health(result)  # reads the values: the device is synchronised here
         self.report.probed(health, time.perf_counter() - started)
         return result
@@ -256,7 +318,10 @@ class Trainer:
     # --- checkpoints and samples ----------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Gather every rank's RNG state; rank 0 writes atomically; every rank waits for it."""
+        """Gather every rank's RNG state; rank 0 writes atomically; every rank waits for it. A state holding a NaN or
+        an infinity is never written (``DivergenceGuard.check_state``)."""
+        trained = [self.student.state_dict(), self.ema.state_dict(), self.stage.state_dict()]
+        self.guard.check_state(self.step, [*trained, self.optimizer.state_dict()["state"]])
         rng = distributed.all_gather_objects(checkpoint.capture_rng())
         path = checkpoint.step_path(self.recipe.run_dir, self.step)
         if self.env.is_main:
@@ -290,13 +355,19 @@ class Trainer:
         return metrics
 
     def sample(self) -> None:
-        """A grid from the EMA student (eval mode), with the same noise every time, drawn by rank 0."""
+        """A grid from the EMA student (eval mode), with the same noise every time, and the attention pictures of
+        the live student (``train/attention_pictures.py``), drawn by rank 0."""
         if self.env.is_main:
             with self._autocast():
                 grid = sample_grid(self.ema.model, self.objective, self.dataset, self.recipe.sampling, self.env.device)
             path = self.recipe.run_dir / "samples" / f"step_{self.step:08d}.png"
             save_png(grid, path)
             self.plugins.samples_saved(self.run, self.step, grid, path)
+            with self._autocast():
+                pictures = self.pictures.draw(self.student, self.stage.views, self.stage.label_teachers())
+            if pictures:
+                attention_pictures.save(pictures, self.recipe.run_dir, self.step)
+                self.plugins.images(self.run, self.step, pictures)
         distributed.barrier()  # the other ranks wait here, so no rank counts sampling as training time
 
     # --- resume -----------------------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """Checkpoints: full training state in plain dicts, written atomically, readable with ``weights_only=True``.
 
 Layout: ``<run_dir>/checkpoints/step_<8 digits>.pt`` plus ``latest.pt`` (a hard link to the newest, replaced
-atomically). A checkpoint is first written to a temporary file in the same folder and then renamed, so a crash
-or a full disk never leaves a truncated file under a checkpoint's name and never touches earlier checkpoints.
+atomically). A checkpoint is first written to a uniquely named temporary file in the same folder and then
+renamed, so a crash or a full disk never leaves a truncated file under a checkpoint's name and never touches
+earlier checkpoints.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +45,24 @@ def save(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = step_path(run_dir, step)
-    temporary = folder / f".{target.name}.tmp"
+    descriptor, name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    temporary = Path(name)  # a unique name: no other process can write to it or delete it
     try:
-        with open(temporary, "wb") as handle:
+        with os.fdopen(descriptor, "wb") as handle:
             torch.save({"format": FORMAT, **state}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
-    except BaseException:
+    except OSError as exc:  # a full or read-only disk: the earlier checkpoints are untouched
         temporary.unlink(missing_ok=True)  # a partial file must not keep the disk full
+        kept = ", ".join(p.name for p in step_files(run_dir)) or "none"
+        raise CheckpointError(
+            f"cannot write checkpoint {target}: {(exc.strerror or str(exc)).lower()}; nothing was overwritten and "
+            f"the earlier checkpoints are kept ({kept}). Free space (or write access) in {folder}, then run the "
+            "same command again to resume from the last of them."
+        ) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
         raise
     _point_latest(folder, target)
     _fsync_folder(folder)
@@ -61,8 +73,7 @@ def save(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
 
 
 def _point_latest(folder: Path, target: Path) -> None:
-    temporary = folder / f".{LATEST}.tmp"
-    temporary.unlink(missing_ok=True)
+    temporary = folder / f".{LATEST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         os.link(target, temporary)
     except OSError:  # file systems without hard links get a copy

@@ -9,7 +9,7 @@ the reference code's own layouts (``haste export RUN out.pt --layout repa|dit``)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from haste_core.errors import HasteError
@@ -42,7 +42,7 @@ def export(source: str | Path, out: str | Path, head_prefixes: Iterable[str] = (
 REFERENCE_LAYOUTS = ("repa", "dit")
 
 
-def export_reference(source: str | Path, out: str | Path, layout: str) -> Path:
+def export_reference(source: str | Path, out: str | Path, layout: str, local_plugins: Sequence[str] = ()) -> Path:
     """Write a haste run's student in a reference code's layout, so that the reference's own ``generate.py`` loads
     it (strictly): ``repa``, what REPA's/HASTE's ``train.py`` saves (``model``, ``ema``, ``steps``; each with the
     alignment heads the reference keeps beside the backbone, e.g. REPA's projector as ``projectors.0.*``, when the
@@ -51,8 +51,7 @@ def export_reference(source: str | Path, out: str | Path, layout: str) -> Path:
     ``joint_blocks.*``); ``import_checkpoint`` reads the file back exactly."""
     import torch
 
-    from haste_core.config.recipe import validate
-    from haste_core.plugins import load_plugins
+    from haste_core.weights.checkpoint_recipe import checkpoint_recipe
 
     source, out = _checkpoint_file(Path(source)), Path(out)
     if layout not in REFERENCE_LAYOUTS:
@@ -60,7 +59,7 @@ def export_reference(source: str | Path, out: str | Path, layout: str) -> Path:
     if out.suffix != ".pt":
         raise HasteError(f"a reference-layout checkpoint is a .pt file, got {out}")
     raw = checkpoint.load(source)  # a haste run checkpoint (a published file already is in a reference layout)
-    recipe = validate(raw["recipe"], load_plugins(raw["recipe"].get("plugins") or []), source=str(source))
+    recipe, _ = checkpoint_recipe(raw, source, local_plugins)  # never the plugin files the checkpoint names
     student = recipe.student.entry.cls
     heads = {}
     for node in recipe.alignments:

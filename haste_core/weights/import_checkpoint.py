@@ -80,7 +80,10 @@ def read_checkpoint(path: str | Path, alignments: Registry | Iterable[str] = ())
             # state, and under torchrun every rank reads the file; only the weights used are then paged in
             raw = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: truncated, or not a file torch.load reads "
+            "with weights_only=True); give a REPA/HASTE/DiT checkpoint or a haste .pt file"
+        ) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}; expected a dict of weights")
     if raw.get("format") == HASTE_FORMAT:

@@ -37,6 +37,29 @@ def hub_files(node: Node) -> list[weights.HubFile]:
     return list(node.entry.cls.hub_files(node.config, **node.entry.fixed))
 
 
+def missing_notes(recipe: Recipe, plugins: Plugins, recipe_arg: str = "RECIPE.yaml") -> list[str]:
+    """One line per weights file the recipe needs that is not on this machine, saying how to get it; nothing is
+    downloaded (``haste check``)."""
+    notes = []
+    for node, kind in needs(recipe):
+        files = hub_files(node)
+        offered = plugins.resolve_weights(kind, node.name) if files and kind in RESOLVED_KINDS else None
+        if offered is not None:
+            if not offered.is_file():
+                notes.append(f"{node.path} ({node.name}): {offered}, which a haste_resolve_weights plugin names, "
+                             "does not exist; put the file there or fix that plugin")  # fmt: skip
+            continue
+        for hub in files:
+            if weights.cached(hub) is None:
+                local = LOCAL_COPY.get(kind, f"{node.path}.weights: /path/to/{hub.filenames[0]}")
+                notes.append(
+                    f"{node.path} ({node.name}): {hub} is not in the Hugging Face cache ({weights.hub_cache_dir()}); "
+                    f"get it with `haste prefetch {recipe_arg}` on a machine with internet (or `huggingface-cli "
+                    f"download {hub.repo_id} {hub.filenames[0]}`), or give a local copy ({local})"
+                )
+    return notes
+
+
 def prefetch(recipe: Recipe, plugins: Plugins, *, check: bool, out: TextIO | None = None) -> int:
     """Fetch (or with ``check`` only look up) each hub file; print one line per file; 1 if any is missing."""
     out = out or sys.stdout

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from haste_alignment.attention_loss import DEFAULT_CHUNK_ELEMENTS, AttentionLoss, attention_loss
 from haste_core import (
     Alignment,
+    AttentionView,
     Capture,
     RecipeError,
     Registry,
@@ -139,6 +140,15 @@ class AttentionDistillation(Alignment):
 
     def teacher_request(self) -> Capture:
         return Capture(attn=frozenset(t for _, t in self.config.pairs))
+
+    def attention_view(self) -> AttentionView:
+        """Each pair's maps, the student's heads mapped as the loss maps them (the pictures keep this view, and
+        with it only this module's small mixing matrices, after termination)."""
+        index = {f"pair_{s}_{t}": i for i, (s, t) in enumerate(self.config.pairs)}
+        return AttentionView(
+            pairs={f"pair_{s}_{t}": (s, t) for s, t in self.config.pairs},
+            map_heads=lambda name, logits: self.map_heads(logits, index[name]),
+        )
 
     def map_heads(self, logits_BHNN: Tensor, pair_index: int = 0) -> Tensor:
         """Student logits B×H_s×Nq×N → B×H_t×Nq×N by the configured mapping."""

@@ -150,15 +150,18 @@ class Latents(OpenedDataset):
         root = Path(config.path)
         channels, side = manifest["latent_shape"][0], manifest["latent_shape"][1]
         res = manifest["resolution"]
-        self.images = ShardedField(root, "images", counts, (3, res, res))
-        self.latents = ShardedField(root, "latents", counts, (2 * channels, side, side))
+        repair = manifest.get("command", "")
+        self.images = ShardedField(root, "images", counts, (3, res, res), repair)
+        self.latents = ShardedField(root, "latents", counts, (2 * channels, side, side), repair)
         self.latents_flip = (
-            ShardedField(root, "latents_flip", counts, (2 * channels, side, side)) if config.flip else None
+            ShardedField(root, "latents_flip", counts, (2 * channels, side, side), repair) if config.flip else None
         )
-        self.labels = ShardedField(root, "labels", counts, ()) if self.kind == "imagenet" else None
+        self.labels = ShardedField(root, "labels", counts, (), repair) if self.kind == "imagenet" else None
         for field in (self.images, self.latents, self.latents_flip, self.labels):
             if field is not None:
                 field.check()
+        if self.labels is not None:
+            self.labels.check_labels(manifest["num_classes"])
         self.base_items = manifest["num_items"]
         self._vae: Any = None
         if config.preview == "vae":

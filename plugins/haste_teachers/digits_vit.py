@@ -200,9 +200,24 @@ class DigitsViT(Teacher):
             path = resolve_weights("teacher", self.name)
             if path is not None and not Path(path).is_file():
                 raise HasteError(f"haste_resolve_weights offered {path} for teacher {self.name}, but it does not exist")
-        if path is None:
+        cached = path is None
+        if cached:
             path = self.cached_weights(config)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, empty, or not a torch file at all
+            detail = f"{type(exc).__name__}: not a file torch.load reads with weights_only=True"
+            if not cached:
+                raise HasteError(
+                    f"teacher.weights: cannot read {path} as {self.name} weights ({detail}); give a file that "
+                    f"haste wrote (the {self.name} cache), or weights: cache to use (and make) the cached ones"
+                ) from None
+            log.warning(
+                f"teacher {self.name}: the cached weights {path} are unreadable ({detail}); training them again"
+            )
+            Path(path).unlink(missing_ok=True)
+            path = self.cached_weights(config)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state_dict, dict):
             raise HasteError(f"{path} does not hold a {self.name} state dict")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from haste_core import __version__
 from haste_core.errors import PluginError
 from haste_core.interfaces import FAMILIES
 from haste_core.plugins import load_plugins
@@ -18,7 +19,7 @@ BUILT_IN = {
     "termination.fixed_step", "objectives.flow", "data.digits", "monitor.tensorboard", "students.dit",
     "students.mmdit", "objectives.ddpm", "teachers.dinov2", "teachers.clip", "teachers.mae", "termination.fixed_epoch",
     "termination.plateau", "termination.gradient_conflict", "termination.fade", "data.latents", "data.image_folder",
-    "data.coco", "data.digit_scenes", "teachers.scenes_vit",
+    "data.coco", "monitor.wandb", "data.digit_scenes", "teachers.scenes_vit",
 }  # fmt: skip
 
 POLICY_MODULE = """
@@ -52,7 +53,7 @@ def make_distribution(root: Path, dist: str, version: str, module: str, source: 
 def test_built_in_plugins_load_through_entry_points(plugins):
     names = {record["name"] for record in plugins.describe()}
     assert names == BUILT_IN
-    assert {record["source"] for record in plugins.describe()} == {"haste 0.1.0"}
+    assert {record["source"] for record in plugins.describe()} == {f"haste-diffusion {__version__}"}
     assert "sit_xl_2" in plugins.registry("students") and "digits_vit" in plugins.registry("teachers")
     assert set(plugins.registries) == set(FAMILIES)
 
@@ -65,7 +66,7 @@ def counts(plugins) -> str:
 def test_listing_command_shows_plugins_versions_hooks_and_names(plugins):
     result = run_module("haste_core.cli", "plugins")
     assert result.returncode == 0, result.stderr
-    assert "teachers.digits_vit  [haste 0.1.0]" in result.stdout
+    assert f"teachers.digits_vit  [haste-diffusion {__version__}]" in result.stdout
     assert "  hooks: haste_register_teachers" in result.stdout
     assert "  teachers: digits_vit" in result.stdout
     assert "sit_micro_1, sit_micro_2" in result.stdout

@@ -11,6 +11,7 @@ import yaml
 from haste_core.config.recipe import load_recipe, validate
 from haste_core.errors import HasteError, PluginError, RecipeError, RunFolderError
 from haste_core.train.run_folder import resume_source
+from haste_core.weights import checkpoint
 from tests.conftest import REPO, TINY_RECIPE, run_module
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -209,11 +210,13 @@ def test_run_folder_holding_another_run_is_refused(tiny, tmp_path):
     recipe.run_dir.mkdir(parents=True)
     other = tiny("optimizer.lr=0.5")
     (recipe.run_dir / "recipe.yaml").write_text(other.to_yaml())
+    assert resume_source(recipe) is None  # no checkpoint yet: the other run failed early, the folder is free
+    saved = checkpoint.save({"step": 1, "recipe": other.to_dict()}, recipe.run_dir, 1, keep=0)
     before = (recipe.run_dir / "recipe.yaml").read_text()
     with pytest.raises(RunFolderError, match=re.escape("already holds a different run (optimizer.lr: 0.5 -> 0.001)")):
         resume_source(recipe)
     assert (recipe.run_dir / "recipe.yaml").read_text() == before
-    assert resume_source(tiny("optimizer.lr=0.5", "run.max_steps=50")) is None  # same run, longer: allowed
+    assert resume_source(tiny("optimizer.lr=0.5", "run.max_steps=50")) == saved.with_name("latest.pt")  # longer: ok
 
 
 def test_folder_with_foreign_files_is_refused(tiny):

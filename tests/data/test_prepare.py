@@ -170,3 +170,25 @@ def test_prepare_coco_with_a_tiny_text_tower(tiny_vae, tmp_path):
     null = data.null_caption()
     torch.testing.assert_close(null["text"], null_tokens[0].half().float())
     assert int(null["text_mask"].sum()) == 2  # start and end tokens
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_prepare_run_again_redoes_a_damaged_shard_that_training_names(image_folder, tiny_vae, tmp_path, damage):
+    from haste_data.latents import Latents
+
+    from haste_core.errors import HasteError
+
+    dst = tmp_path / "prepared"
+    assert _prepare(image_folder, dst, tiny_vae) == 0
+    first = json.loads((dst / "manifest.json").read_text())
+    shard = dst / "latents" / "00001.npy"
+    shard.write_bytes(shard.read_bytes()[:200] if damage == "truncated" else b"")
+    with pytest.raises(HasteError) as caught:
+        Latents(Latents.Config(path=str(dst), resolution=RESOLUTION, preview="channels"))
+    command = first["command"]
+    assert f"{shard} is empty, truncated or corrupt" in str(caught.value)
+    assert f"run `{command}` again: it checks every shard and redoes the damaged ones" in str(caught.value)
+    assert command.startswith(f"haste prepare imagenet {image_folder.resolve()} {dst.resolve()} --resolution 32")
+    assert _prepare(image_folder, dst, tiny_vae) == 0  # the command the message gives: repairs the shard
+    assert json.loads((dst / "manifest.json").read_text()) == first
+    assert sha256(shard) == first["shards"][1]["files"]["latents"]

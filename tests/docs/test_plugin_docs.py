@@ -43,6 +43,7 @@ def hook_arguments(run, tmp_path) -> dict:
         "histograms": {"align/repa/cosine": torch.linspace(-1, 1, 16)}, "alignment": "repa",
         "reason": "fixed_step: 4 aligned steps done", "path": checkpoint,
         "grid": torch.zeros(3, 8, 8, dtype=torch.uint8), "kind": "teacher", "name": "dinov2_vitb14",
+        "images": {"attention/attention/pair_1_2": torch.zeros(3, 8, 16, dtype=torch.uint8)},
     }  # fmt: skip
 
 

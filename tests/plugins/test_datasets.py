@@ -140,7 +140,7 @@ def test_mismatched_settings_are_recipe_errors(folder, tmp_path):
 
 def test_corrupt_truncated_or_partial_folders_name_the_file(folder):
     (folder / "latents" / "00000.npy").write_bytes(b"garbage")
-    with pytest.raises(HasteError, match=r"latents/00000.npy is corrupt"):
+    with pytest.raises(HasteError, match=r"latents/00000.npy is empty, truncated or corrupt"):
         _latents(folder)
     np.save(folder / "latents" / "00000.npy", np.zeros((5, 8, 4, 4), np.float32))
     with pytest.raises(HasteError, match=r"latents/00000.npy holds an array of shape \[5, 8, 4, 4\]"):

@@ -37,7 +37,7 @@ def test_failed_save_leaves_earlier_checkpoints_intact(tmp_path, monkeypatch):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match=r"step_00000002\.pt: no space left on device; nothing was overwritten"):
         checkpoint.save({"step": 2}, tmp_path, 2, keep=0)
     monkeypatch.undo()
     assert not checkpoint.step_path(tmp_path, 2).exists()

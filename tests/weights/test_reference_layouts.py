@@ -127,7 +127,8 @@ def test_mmdit_run_exports_to_the_reference_layout_and_imports_back(plugins, tmp
                      "student.pooled=false", "student.attend_padding=true"]) == 0  # fmt: skip
     run_dir = tmp_path / "tiny_t2i"
     raw = checkpoint.load(checkpoint.latest_path(run_dir))
-    repa = torch.load(export_reference(run_dir, tmp_path / "repa.pt", "repa"), weights_only=True)
+    data_plugin = raw["recipe"]["plugins"]  # the text data set is a local plugin: named by the user, as --plugin does
+    repa = torch.load(export_reference(run_dir, tmp_path / "repa.pt", "repa", data_plugin), weights_only=True)
     assert any(key.startswith("joint_blocks.3.x_block.attn.qkv.") for key in repa["ema"])
     assert not any(key.startswith(("blocks.", "null_text", "y_embedder.")) for key in repa["ema"])
     entry = plugins.registry("students").get("mmdit_d4")

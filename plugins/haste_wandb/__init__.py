@@ -1,0 +1,1 @@
+"""Built-in Weights & Biases monitor (the optional extra ``haste-diffusion[wandb]``)."""
