@@ -42,9 +42,13 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_gpu.py
 
-# The miniature convergence benchmark (vanilla vs REPA vs HASTE on the digits); long, not part of `make bench`.
+# The convergence miniature (vanilla vs REPA vs HASTE on 16x16 digit scenes, 3 seeds; docs/benchmarks.md);
+# long (not measured at full budget here), not part of `make bench`. SEEDS=0,1,2 STEPS=1200 STOP=300 (HASTE's
+# last aligned step; default the recipe's) change the budget.
+SEEDS ?= 0,1,2
+STEPS ?= 1200
 bench-convergence: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/convergence.py
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/convergence_scenes.py --seeds $(SEEDS) --steps $(STEPS) $(if $(STOP),--stop $(STOP))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check haste_core plugins tests benchmarks examples

@@ -23,6 +23,7 @@ VERBS = {
     "prepare": ("prepare", "turn ImageNet or MS-COCO into a prepared folder of latents"),
     "prefetch": ("prefetch", "fetch every weight a recipe needs into the caches (or --check what is missing)"),
     "export": ("export", "write a run's EMA student weights as safetensors"),
+    "sweep-termination": ("sweep", "when to stop aligning: fork one aligned run at each K, score every branch"),
     "plugins": ("plugins", "list the installed plugins, their hooks and the components they register"),
     "recipes": ("recipes", "list the shipped recipes, or copy one (haste recipes cp NAME)"),
 }

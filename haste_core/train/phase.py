@@ -131,6 +131,16 @@ class PhasePlan:
                     stops.append(Stop(alignment=label, step=step, reason=fired.reason))
         return stops
 
+    def stop_all(self, step: int, reason: str) -> list[Stop]:
+        """Stop every active alignment after ``step`` as a policy firing there would (a forked run, whose parent
+        aligned on): every undecided policy counts as fired at ``step``."""
+        for key in self._governing():
+            self.fired[key] = step
+        stops = [Stop(alignment=label, step=step, reason=reason) for label in self.active]
+        for stop in stops:
+            self.stopped[stop.alignment] = step
+        return stops
+
     def take_unlogged(self) -> dict[str, int]:
         """Would-fire steps not logged yet (each is handed out once)."""
         out, self.unlogged = self.unlogged, {}

@@ -15,6 +15,7 @@ import yaml
 
 from haste_core.config.recipe import Recipe
 from haste_core.errors import CheckpointError, RecipeError, RunFolderError
+from haste_core.train import fork
 from haste_core.train.lock import LOCK_FILE
 from haste_core.weights import checkpoint
 
@@ -65,6 +66,10 @@ def resume_source(recipe: Recipe) -> Path | None:
         check_init_from(recipe)
         return None
     source = Path(recipe.run.resume) if recipe.run.resume != "auto" else latest if latest.is_file() else None
+    point = fork.read(run_dir) if source is None and recipe.run.resume == "auto" else None
+    if point is not None:  # a branch of a termination sweep, before its own first checkpoint
+        check_parent_recipe(checkpoint.load(point.parent), recipe, point)
+        return point.parent
     if source is not None:  # readable, and written by this recipe: found out now, before anything is written
         check_checkpoint_recipe(checkpoint.load(source), recipe, source)
     else:
@@ -139,4 +144,20 @@ def check_checkpoint_recipe(state: dict[str, Any], recipe: Recipe, source: Any) 
         raise CheckpointError(
             f"checkpoint {source} was written by a different recipe ({'; '.join(differences[:3])}); "
             "resume it with the recipe it was trained with"
+        )
+
+
+def check_parent_recipe(state: dict[str, Any], recipe: Recipe, point: fork.ForkPoint) -> None:
+    """A branch's recipe must be its parent's but for the acting termination policies (``haste_core.train.fork``)."""
+    if int(state["step"]) != point.step:
+        raise CheckpointError(
+            f"{point.parent} holds step {state['step']}, but {fork.FORK_FILE} forks at step {point.step}"
+        )
+    parent = fork.without_acting_policies(state.get("recipe", {}))
+    branch = fork.without_acting_policies(recipe.to_dict())
+    differences = recipe_differences(parent, branch)
+    if differences:
+        raise CheckpointError(
+            f"{recipe.run_dir} forks {point.parent}, but the recipes differ in more than the termination policy "
+            f"({'; '.join(differences[:3])}); a branch changes only termination"
         )

@@ -27,7 +27,7 @@ from haste_core.errors import Preempted
 from haste_core.eval.grid import sample_grid, save_png
 from haste_core.interfaces import Objective, RunContext, Student, TrainingPair
 from haste_core.plugins import Plugins
-from haste_core.train import activation_checkpointing, attention_pictures, compilation, probe
+from haste_core.train import activation_checkpointing, attention_pictures, compilation, fork, probe
 from haste_core.train.accumulate import accumulate, micro_slices
 from haste_core.train.ema import EMA
 from haste_core.train.guard import DivergenceGuard
@@ -54,9 +54,10 @@ class Trainer:
         self.recipe, self.plugins, self.env = recipe, plugins, env
         device = env.device
         state = checkpoint.load(resume_from) if resume_from is not None else None
+        forked = fork.starts_from(recipe.run_dir, resume_from)  # a sweep's branch: stop aligning after its step
         plan = PhasePlan(recipe)
         if state is not None:
-            plan.load_state_dict(state["phase"])
+            plan.load_state_dict(fork.parent_phase(state["phase"], forked) if forked else state["phase"])
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = recipe.precision.tf32
             torch.backends.cudnn.allow_tf32 = recipe.precision.tf32
@@ -97,6 +98,9 @@ class Trainer:
         self.step = 0
         if state is not None:
             self._load(state, resume_from)
+            if forked:
+                stops = plan.stop_all(self.step, f"forked from {forked.parent} at step {forked.step}")
+                self.stage.release(stops, self.optimizer, self.step)
         else:
             torch.manual_seed(recipe.run.seed + _TRAIN_SEED_OFFSET * (env.rank + 1))
         if not self.stage.teachers:

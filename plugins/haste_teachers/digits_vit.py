@@ -101,10 +101,10 @@ class ViTBlock(nn.Module):
 class DigitsViTNet(nn.Module):
     """The classifier network: patch embedding, class token, learned positions, blocks, norm, head."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_side: int = IMAGE_SIDE, patch_size: int = PATCH_SIZE) -> None:
         super().__init__()
-        grid = IMAGE_SIDE // PATCH_SIZE
-        self.patch_embed = nn.Conv2d(1, EMBED_DIM, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
+        grid = image_side // patch_size
+        self.patch_embed = nn.Conv2d(1, EMBED_DIM, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, EMBED_DIM))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, EMBED_DIM) * 0.02)
         self.blocks = nn.ModuleList(ViTBlock() for _ in range(DEPTH))
@@ -130,6 +130,10 @@ def normalise(images_uint8: Tensor) -> Tensor:
 class DigitsViT(Teacher):
     """A 4-block, 4-head, 64-wide ViT on 2×2 patches (16 patch tokens), trained by haste on the digits."""
 
+    name = "digits_vit"
+    image_side = IMAGE_SIDE  # what the network is trained on (a subclass trains on larger images)
+    patch_size = PATCH_SIZE
+
     @dataclass(kw_only=True, frozen=True)
     class Config:
         weights: str = "cache"  # cache: trained once and reused; none: random (tests); or a .pt file
@@ -145,8 +149,8 @@ class DigitsViT(Teacher):
     @classmethod
     def example_data(cls) -> DataSpec:
         return DataSpec(
-            x_shape=(1, IMAGE_SIDE, IMAGE_SIDE),
-            image_shape=(1, IMAGE_SIDE, IMAGE_SIDE),
+            x_shape=(1, cls.image_side, cls.image_side),
+            image_shape=(1, cls.image_side, cls.image_side),
             num_classes=10,
             num_items=64,
         )
@@ -158,14 +162,14 @@ class DigitsViT(Teacher):
     @classmethod
     def describe(cls, config: Config, *, data: DataSpec, student: StudentSpec) -> TeacherSpec:
         if data.image_shape[0] != 1:
-            raise RecipeError(f"digits_vit reads 1-channel digit images; the data gives {data.image_shape[0]} channels")
+            raise RecipeError(f"{cls.name} reads 1-channel images; the data gives {data.image_shape[0]} channels")
         if config.weights not in {"cache", "none"} and not Path(config.weights).is_file():
             raise RecipeError(
                 f"weights file {config.weights!r} does not exist; give 'cache' (train once and reuse), "
-                "'none' (random, for tests) or the path of a digits_vit .pt file",
+                f"'none' (random, for tests) or the path of a {cls.name} .pt file",
                 "weights",
             )
-        return TeacherSpec(name="digits_vit", depth=DEPTH, embed_dim=EMBED_DIM, num_heads=NUM_HEADS, grid=student.grid)
+        return TeacherSpec(name=cls.name, depth=DEPTH, embed_dim=EMBED_DIM, num_heads=NUM_HEADS, grid=student.grid)
 
     def __init__(
         self, config: Config, *, data: DataSpec, student: StudentSpec, spec: TeacherSpec, resolve_weights: Any = None
@@ -180,51 +184,57 @@ class DigitsViT(Teacher):
         )
         with torch.random.fork_rng(devices=[]):  # a seeded random start that leaves the caller's RNG alone
             torch.manual_seed(TRAIN_SEED)
-            self.net = DigitsViTNet()
+            self.net = DigitsViTNet(self.image_side, self.patch_size)
         self.heldout_accuracy = self._load_weights(config, resolve_weights)
-        self.input_side = self.grid * PATCH_SIZE
-        if self.grid != IMAGE_SIDE // PATCH_SIZE:  # match the student's grid: resample positions once, here
+        self.input_side = self.grid * self.patch_size
+        if self.grid != self.image_side // self.patch_size:  # match the student's grid: resample positions once, here
             self.net.pos_embed = nn.Parameter(_resample_positions(self.net.pos_embed.data, self.grid))
         self.eval().requires_grad_(False)
 
     def _load_weights(self, config: Config, resolve_weights: Any) -> float | None:
         if config.weights == "none":
-            log.warning("teacher digits_vit: weights 'none', using a random network (only for tests)")
+            log.warning(f"teacher {self.name}: weights 'none', using a random network (only for tests)")
             return None
         path = Path(config.weights) if config.weights != "cache" else None
         if path is None and resolve_weights is not None:
-            path = resolve_weights("teacher", "digits_vit")
+            path = resolve_weights("teacher", self.name)
             if path is not None and not Path(path).is_file():
-                raise HasteError(f"haste_resolve_weights offered {path} for teacher digits_vit, but it does not exist")
+                raise HasteError(f"haste_resolve_weights offered {path} for teacher {self.name}, but it does not exist")
         cached = path is None
         if cached:
-            path = cached_weights(config.heldout_fraction, config.split_seed)
+            path = self.cached_weights(config)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, empty, or not a torch file at all
             detail = f"{type(exc).__name__}: not a file torch.load reads with weights_only=True"
             if not cached:
                 raise HasteError(
-                    f"teacher.weights: cannot read {path} as digits_vit weights ({detail}); give a file that "
-                    "haste wrote (the digits_vit cache), or weights: cache to use (and make) the cached ones"
+                    f"teacher.weights: cannot read {path} as {self.name} weights ({detail}); give a file that "
+                    f"haste wrote (the {self.name} cache), or weights: cache to use (and make) the cached ones"
                 ) from None
-            log.warning(f"teacher digits_vit: the cached weights {path} are unreadable ({detail}); training them again")
+            log.warning(
+                f"teacher {self.name}: the cached weights {path} are unreadable ({detail}); training them again"
+            )
             Path(path).unlink(missing_ok=True)
-            path = cached_weights(config.heldout_fraction, config.split_seed)
+            path = self.cached_weights(config)
             state = torch.load(path, map_location="cpu", weights_only=True)
         state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state_dict, dict):
-            raise HasteError(f"{path} does not hold a digits_vit state dict")
-        check_fits(self.net, state_dict, path, "digits_vit")
+            raise HasteError(f"{path} does not hold a {self.name} state dict")
+        check_fits(self.net, state_dict, path, self.name)
         self.net.load_state_dict(state_dict)
         return state.get("heldout_accuracy") if isinstance(state, dict) else None
+
+    def cached_weights(self, config: Config) -> Path:
+        """The cached trained weights (trained and written the first time)."""
+        return cached_weights(config.heldout_fraction, config.split_seed)
 
     def encode(self, images: Tensor, blocks: frozenset[int], attn_blocks: frozenset[int]) -> TeacherOutput:
         """Tokens of ``blocks`` (-1: final norm) and logits of ``attn_blocks``, patch tokens only."""
         wanted = {self.depth - 1 if b == -1 else b for b in blocks} | set(attn_blocks)
         bad = sorted(b for b in wanted if not 0 <= b < self.depth) + sorted(b for b in attn_blocks if b < 0)
         if bad:
-            raise ValueError(f"digits_vit has blocks 0..{self.depth - 1} (and -1 for final tokens); asked for {bad}")
+            raise ValueError(f"{self.name} has blocks 0..{self.depth - 1} (and -1 for final tokens); asked for {bad}")
         pixels = normalise(images)
         if pixels.shape[-1] != self.input_side:
             pixels = F.interpolate(

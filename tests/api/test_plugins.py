@@ -19,7 +19,7 @@ BUILT_IN = {
     "termination.fixed_step", "objectives.flow", "data.digits", "monitor.tensorboard", "students.dit",
     "students.mmdit", "objectives.ddpm", "teachers.dinov2", "teachers.clip", "teachers.mae", "termination.fixed_epoch",
     "termination.plateau", "termination.gradient_conflict", "termination.fade", "data.latents", "data.image_folder",
-    "data.coco", "monitor.wandb",
+    "data.coco", "monitor.wandb", "data.digit_scenes", "teachers.scenes_vit",
 }  # fmt: skip
 
 POLICY_MODULE = """
