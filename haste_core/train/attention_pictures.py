@@ -84,8 +84,9 @@ class AttentionPictures:
             blocks = frozenset(s for view in views.values() for s, _ in view.pairs.values())
             training = student.training
             student.eval()
-            try:
-                out = student(x_t, t, cond, capture=Capture(attn=blocks))
+            try:  # eagerly: a compiled student would compile a graph for this one eval-mode call
+                with torch.compiler.set_stance("force_eager"):
+                    out = student(x_t, t, cond, capture=Capture(attn=blocks))
             finally:
                 student.train(training)
         pictures = {}

@@ -3,7 +3,7 @@
 The student is compiled in place (``nn.Module.compile``: parameter names and checkpoints unchanged). Its forward
 has no graph break, so a step runs one graph; what the student captures is part of the graph's guards, so the
 phase change (capture on → off) recompiles once, and the trainer says so. Everything else that calls the
-student (the EMA copy, the FLOP count) runs eagerly.
+student (the EMA copy, the FLOP count, the attention pictures) runs eagerly.
 """
 
 from __future__ import annotations

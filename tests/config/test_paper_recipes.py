@@ -13,6 +13,7 @@ from huggingface_hub import constants as hf_constants
 from haste_core import run
 from haste_core.cli import main as haste_cli
 from haste_core.config.recipe import load_recipe
+from haste_core.eval.presets import get_preset
 from tests.conftest import REPO
 from tests.weights.test_teacher_weights import fill_hub_cache
 
@@ -71,7 +72,10 @@ def test_the_haste_paper_recipe_is_the_paper_setting():
     grid = recipe.sampling  # in-training grids as the reference: Euler ODE, 50 steps, CFG 4.0 everywhere
     assert (grid.sampler, grid.steps, grid.cfg_scale, grid.guidance_interval) == ("euler", 50, 4.0, (0, 1))
     header = (REPO / "recipes" / "haste_sit_xl2_dinov2b_in256.yaml").read_text().split("\nrun:")[0]
-    assert "--sampler sde --steps 250 --cfg 1.65 --guidance-high 0.72 --labels uniform" in header
+    assert "--preset haste_sit_xl2_in256 --out samples/haste_sit_xl2_dinov2b_in256" in header
+    best = get_preset("haste_sit_xl2_in256")  # the header's preset holds HASTE's best-FID protocol
+    protocol = (best.sampler, best.steps, best.cfg_scale, best.guidance_high, best.labels)
+    assert protocol == ("sde", 250, 1.65, 0.72, "uniform")
 
 
 def test_prefetch_check_reports_missing_and_cached_weights(tmp_path, monkeypatch, capsys):

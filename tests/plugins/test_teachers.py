@@ -229,11 +229,11 @@ def test_each_teacher_encodes_once_per_step_for_all_alignments_that_use_it(tmp_p
     raw["run"].update(output_dir=str(tmp_path), max_steps=2)
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(raw))
     recipe, _ = load_recipe(tmp_path / "two.yaml")
-    calls: list[tuple[int, frozenset, frozenset]] = []
+    calls: list[tuple[int, frozenset, frozenset, int]] = []
     original = DigitsViT.encode
 
     def counting(self, images, blocks, attn_blocks):
-        calls.append((id(self), blocks, attn_blocks))
+        calls.append((id(self), blocks, attn_blocks, images.shape[0]))
         return original(self, images, blocks, attn_blocks)
 
     monkeypatch.setattr(DigitsViT, "encode", counting)
@@ -243,7 +243,12 @@ def test_each_teacher_encodes_once_per_step_for_all_alignments_that_use_it(tmp_p
     features, maps = id(trainer.stage.teachers["features"]), id(trainer.stage.teachers["maps"])
     trainer.train_step()
     trainer.train_step()
-    assert calls == [(features, frozenset({-1, 1}), frozenset()), (maps, frozenset(), frozenset({2, 3}))] * 2
+    per_rank = recipe.data.global_batch_size  # one process
+    step = [(features, frozenset({-1, 1}), frozenset(), per_rank), (maps, frozenset(), frozenset({2, 3}), per_rank)]
+    # the phase's FLOP count (before the first step only, on one sample) encodes once more per teacher
+    flop_count = [(features, frozenset({-1, 1}), frozenset(), 1), (maps, frozenset(), frozenset({2, 3}), 1)]
+    picture = [(maps, frozenset(), frozenset({2, 3}), 1)]  # the last step's attention picture: the maps teacher only
+    assert calls == flop_count + step + step + picture
 
 
 def test_the_docs_example_runs_and_prints_what_it_says(capsys):

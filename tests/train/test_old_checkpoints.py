@@ -1,12 +1,17 @@
 """A checkpoint written before the layout change (commit 98fa087) still resumes, and trains on exactly as the code
 of that time did: the fixture holds step 3 of tests/fixtures/tiny.yaml (Phase I, both alignments and their optimiser
-state), and the losses and final EMA weights the old code produced from there to step 8."""
+state), and the losses and final EMA weights the old code produced from there to step 8.
+
+The old and the new code give bit-identical results on one machine, but the last bit of a float32 kernel differs
+between CPU models (AVX2 / AVX-512), so the comparison allows float32 rounding: 1e-6 on the losses, 1e-5 on each
+EMA tensor's sum and norm (float64). A resume that lost state (optimizer moments, EMA, RNG, the phase) is off by
+far more (~1e-3 on the loss after one step)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
+import pytest
 import torch
 
 from haste_core import distributed
@@ -34,7 +39,10 @@ def test_an_old_checkpoint_resumes_and_continues_exactly_as_before(tiny, plugins
         trainer.plugins.pm.unregister(name="spy")
     assert [str(step) for step in spy.steps] == list(expected["losses"])
     for metrics, values in zip(spy.logged, expected["losses"].values(), strict=True):
-        assert (metrics["loss/total"], metrics["loss/denoise"]) == (values["loss/total"], values["loss/denoise"])
+        for key in ("loss/total", "loss/denoise"):
+            assert metrics[key] == pytest.approx(values[key], rel=1e-6), key
     ema = trainer.ema.state_dict()
-    digest = hashlib.sha256(b"".join(ema[k].contiguous().numpy().tobytes() for k in sorted(ema))).hexdigest()
-    assert digest == expected["ema_sha256"]
+    assert sorted(ema) == sorted(expected["ema_sum_and_norm"])
+    for key, (total, norm) in expected["ema_sum_and_norm"].items():
+        value = ema[key].double()
+        assert (value.sum().item(), value.norm().item()) == pytest.approx((total, norm), rel=1e-5, abs=1e-6), key
