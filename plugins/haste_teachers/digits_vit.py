@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,23 +262,36 @@ def _resample_positions(pos_1ND: Tensor, grid: int) -> Tensor:
     return torch.cat([cls_pos, table.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1)
 
 
+def trained_cache_path(cache_format: str, heldout_fraction: float, split_seed: int, seed: int) -> Path:
+    """Where a teacher trained by haste on a digits split is cached: ``<cache>/<teacher>/<format>_<split>_<seed>``
+    (``cache_format`` is ``"<teacher>/<version>"``)."""
+    split = f"heldout{heldout_fraction:g}_split{split_seed}"
+    teacher = cache_format.split("/")[0]
+    return cache_dir() / teacher / f"{cache_format.replace('/', '_v')}_{split}_seed{seed}.pt"
+
+
+def cached_or_trained(path: Path, cache_format: str, train: Callable[[], tuple[dict[str, Tensor], float]]) -> Path:
+    """``path``; when it is missing, ``train()``'s weights and held-out accuracy are written there first
+    (atomically: a unique temporary file, then a rename)."""
+    if not path.is_file():
+        state_dict, accuracy = train()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"format": cache_format, "state_dict": state_dict, "heldout_accuracy": accuracy}, temporary)
+        temporary.replace(path)
+        log.info(f"teacher {cache_format.split('/')[0]}: cached at {path}")
+    return path
+
+
 def cache_path(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
     """Where the weights trained on this digits split are cached (the name carries format and split)."""
-    split = f"heldout{heldout_fraction:g}_split{split_seed}"
-    return cache_dir() / "digits_vit" / f"{CACHE_FORMAT.replace('/', '_v')}_{split}_seed{TRAIN_SEED}.pt"
+    return trained_cache_path(CACHE_FORMAT, heldout_fraction, split_seed, TRAIN_SEED)
 
 
 def cached_weights(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
     """The cached weights trained on this digits split; trained and written (atomically) if missing."""
-    path = cache_path(heldout_fraction, split_seed)
-    if not path.is_file():
-        state_dict, accuracy = train_digits_vit(heldout_fraction, split_seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"format": CACHE_FORMAT, "state_dict": state_dict, "heldout_accuracy": accuracy}, temporary)
-        temporary.replace(path)
-        log.info(f"teacher digits_vit: cached at {path}")
-    return path
+    train = lambda: train_digits_vit(heldout_fraction, split_seed)  # noqa: E731
+    return cached_or_trained(cache_path(heldout_fraction, split_seed), CACHE_FORMAT, train)
 
 
 def train_digits_vit(heldout_fraction: float = 0.2, split_seed: int = 0) -> tuple[dict[str, Tensor], float]:

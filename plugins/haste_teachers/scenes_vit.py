@@ -20,8 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from haste_core import Registry, hookimpl
-from haste_core.weights.cache import cache_dir
-from haste_teachers.digits_vit import LABEL_SMOOTHING, DigitsViT, DigitsViTNet, heldout_accuracy, normalise
+from haste_teachers.digits_vit import (
+    LABEL_SMOOTHING,
+    DigitsViT,
+    DigitsViTNet,
+    cached_or_trained,
+    heldout_accuracy,
+    normalise,
+    trained_cache_path,
+)
 
 log = logging.getLogger("haste")
 
@@ -46,22 +53,10 @@ class ScenesViT(DigitsViT):
         return cached_weights(config.heldout_fraction, config.split_seed)
 
 
-def cache_path(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
-    split = f"heldout{heldout_fraction:g}_split{split_seed}"
-    return cache_dir() / "scenes_vit" / f"{CACHE_FORMAT.replace('/', '_v')}_{split}_seed{TRAIN_SEED}.pt"
-
-
 def cached_weights(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
     """The cached weights; trained and written (atomically) if missing."""
-    path = cache_path(heldout_fraction, split_seed)
-    if not path.is_file():
-        state_dict, accuracy = train_scenes_vit(heldout_fraction, split_seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"format": CACHE_FORMAT, "state_dict": state_dict, "heldout_accuracy": accuracy}, temporary)
-        temporary.replace(path)
-        log.info(f"teacher scenes_vit: cached at {path}")
-    return path
+    path = trained_cache_path(CACHE_FORMAT, heldout_fraction, split_seed, TRAIN_SEED)
+    return cached_or_trained(path, CACHE_FORMAT, lambda: train_scenes_vit(heldout_fraction, split_seed))
 
 
 def train_scenes_vit(heldout_fraction: float = 0.2, split_seed: int = 0) -> tuple[dict[str, Tensor], float]:
