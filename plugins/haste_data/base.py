@@ -1,6 +1,10 @@
-"""What the built-in data sets share: a spec fixed when the set is opened, and the ``images_needed`` switch."""
+"""What the built-in data sets share: a spec fixed when the set is opened, and the ``images_needed`` switch; and
+the in-memory class-labelled images of the digits and the digit scenes."""
 
 from __future__ import annotations
+
+import torch
+from torch import Tensor
 
 from haste_core import Dataset, DataSpec
 
@@ -27,3 +31,22 @@ class OpenedDataset(Dataset):
 
     def set_images_needed(self, needed: bool) -> None:
         self.images_needed = needed
+
+
+class InMemoryImages(OpenedDataset):
+    """uint8 images N×C×H×W and int64 class labels held in memory; an item's ``x`` is its image in [-1, 1]."""
+
+    def hold(self, images: Tensor, labels: Tensor, num_classes: int) -> None:
+        self.images, self.labels = images, labels
+        self.pixels = images.float() / 127.5 - 1
+        shape = tuple(images.shape[1:])
+        self._spec = DataSpec(x_shape=shape, image_shape=shape, num_classes=num_classes, num_items=len(labels))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        item = {"x": self.pixels[index], "cond": self.labels[index]}
+        if self.images_needed:
+            item["image"] = self.images[index]
+        return item
+
+    def to_images(self, x: Tensor) -> Tensor:
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from haste_core import DataSpec, RecipeError, Registry, hookimpl
-from haste_data.base import OpenedDataset
+from haste_data.base import InMemoryImages
 from haste_data.digits import DIGIT_SIDE, NUM_CLASSES, load_split
 
 SIDE = 16
@@ -66,7 +66,7 @@ def scene_split(split: str, num_items: int, seed: int, heldout_fraction: float =
     return make_scenes(digits[chosen], generator), labels[chosen]
 
 
-class DigitScenes(OpenedDataset):
+class DigitScenes(InMemoryImages):
     """Items: ``image`` uint8 1×16×16, ``x`` float 1×16×16 in [-1, 1], ``cond`` the digit (int64)."""
 
     @dataclass(kw_only=True, frozen=True)
@@ -85,19 +85,7 @@ class DigitScenes(OpenedDataset):
 
     def __init__(self, config: Config, *, split: str = "train") -> None:
         self.config = config
-        self.images, self.labels = scene_split(split, config.num_items, config.seed)
-        self.pixels = self.images.float() / 127.5 - 1
-        shape = (1, SIDE, SIDE)
-        self._spec = DataSpec(x_shape=shape, image_shape=shape, num_classes=NUM_CLASSES, num_items=len(self.labels))
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        item = {"x": self.pixels[index], "cond": self.labels[index]}
-        if self.images_needed:
-            item["image"] = self.images[index]
-        return item
-
-    def to_images(self, x: Tensor) -> Tensor:
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        self.hold(*scene_split(split, config.num_items, config.seed), NUM_CLASSES)
 
 
 @hookimpl

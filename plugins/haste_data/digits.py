@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from haste_core import DataSpec, RecipeError, Registry, hookimpl
-from haste_data.base import OpenedDataset
+from haste_data.base import InMemoryImages
 
 NUM_DIGITS = 1797  # sklearn.datasets.load_digits
 NUM_CLASSES = 10
@@ -39,7 +39,7 @@ def load_split(split: str, heldout_fraction: float = 0.2, seed: int = 0) -> tupl
     return images[chosen], labels[chosen]
 
 
-class Digits(OpenedDataset):
+class Digits(InMemoryImages):
     """Items: ``image`` uint8 1×8×8, ``x`` float 1×8×8 in [-1, 1], ``cond`` the digit (int64)."""
 
     @dataclass(kw_only=True, frozen=True)
@@ -63,23 +63,7 @@ class Digits(OpenedDataset):
 
     def __init__(self, config: Config, *, split: str = "train") -> None:
         self.config = config
-        self.images, self.labels = load_split(split, config.heldout_fraction, config.split_seed)
-        self.pixels = self.images.float() / 127.5 - 1
-        self._spec = DataSpec(
-            x_shape=(1, DIGIT_SIDE, DIGIT_SIDE),
-            image_shape=(1, DIGIT_SIDE, DIGIT_SIDE),
-            num_classes=NUM_CLASSES,
-            num_items=len(self.labels),
-        )
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        item = {"x": self.pixels[index], "cond": self.labels[index]}
-        if self.images_needed:
-            item["image"] = self.images[index]
-        return item
-
-    def to_images(self, x: Tensor) -> Tensor:
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        self.hold(*load_split(split, config.heldout_fraction, config.split_seed), NUM_CLASSES)
 
 
 @hookimpl
