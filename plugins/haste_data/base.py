@@ -37,6 +37,7 @@ class InMemoryImages(OpenedDataset):
     """uint8 images N×C×H×W and int64 class labels held in memory; an item's ``x`` is its image in [-1, 1]."""
 
     def hold(self, images: Tensor, labels: Tensor, num_classes: int) -> None:
+        """Keep these images and labels (called once, in ``__init__``); the spec follows from them."""
         self.images, self.labels = images, labels
         self.pixels = images.float() / 127.5 - 1
         shape = tuple(images.shape[1:])
