@@ -290,8 +290,8 @@ def cache_path(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
 
 def cached_weights(heldout_fraction: float = 0.2, split_seed: int = 0) -> Path:
     """The cached weights trained on this digits split; trained and written (atomically) if missing."""
-    train = lambda: train_digits_vit(heldout_fraction, split_seed)  # noqa: E731
-    return cached_or_trained(cache_path(heldout_fraction, split_seed), CACHE_FORMAT, train)
+    path = cache_path(heldout_fraction, split_seed)
+    return cached_or_trained(path, CACHE_FORMAT, lambda: train_digits_vit(heldout_fraction, split_seed))
 
 
 def train_digits_vit(heldout_fraction: float = 0.2, split_seed: int = 0) -> tuple[dict[str, Tensor], float]:
