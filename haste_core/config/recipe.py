@@ -35,7 +35,7 @@ from haste_core.config.sections import (
     SamplingConfig,
 )
 from haste_core.config.source import SECTIONS, apply_overrides, dump_yaml, find_recipe, read_yaml
-from haste_core.config.speed import ActivationCheckpointingConfig, CompileConfig, PerfConfig
+from haste_core.config.speed import ActivationCheckpointingConfig, CompileConfig, DistributedConfig, PerfConfig
 from haste_core.errors import RecipeError
 from haste_core.interfaces import DataSpec, StudentSpec, TeacherSpec
 from haste_core.plugins import Plugins, load_plugins
@@ -45,6 +45,7 @@ _SPEED_SECTIONS = {
     "compile": CompileConfig,
     "activation_checkpointing": ActivationCheckpointingConfig,
     "perf": PerfConfig,
+    "distributed": DistributedConfig,
 }
 BUILT_IN_SAMPLERS = ("euler", "heun", "sde")  # haste_core.eval.samplers; an objective may add its own
 
@@ -74,6 +75,7 @@ class Recipe:
         default_factory=ActivationCheckpointingConfig
     )
     perf: PerfConfig = dataclasses.field(default_factory=PerfConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -216,9 +218,11 @@ def check_files(recipe: Recipe) -> None:
     """What a recipe asks of this machine, checked before a run starts: the checkpoint to resume, a CUDA device,
     the in-training FID files. (A checkpoint's stored recipe is validated elsewhere without these.)"""
     run, evaluation = recipe.run, recipe.eval
-    if run.resume not in {"auto", "never"} and not Path(run.resume).is_file():
+    if run.resume not in {"auto", "never"} and not Path(run.resume).exists():
         raise RecipeError(
-            f"checkpoint {run.resume!r} does not exist; give 'auto', 'never' or the path of a .pt file", "run.resume"
+            f"checkpoint {run.resume!r} does not exist; give 'auto', 'never' or the path of a .pt file (a .dcp "
+            "folder for fsdp2 runs)",
+            "run.resume",
         )
     if run.device == "cuda":
         import torch

@@ -15,6 +15,7 @@ from haste_core.errors import RecipeError
 SECTIONS = (
     "run", "data", "student", "objective", "teacher", "teachers", "alignment", "termination",
     "optimizer", "ema", "precision", "sampling", "eval", "plugins", "compile", "activation_checkpointing", "perf",
+    "distributed",
 )  # fmt: skip
 
 

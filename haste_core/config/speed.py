@@ -1,5 +1,6 @@
 """The core sections that make a step faster or lighter without changing what it computes: ``compile``,
-``activation_checkpointing`` and ``perf``. Defaults are documented in docs/recipes.md and docs/performance.md."""
+``activation_checkpointing``, ``perf`` and ``distributed``. Defaults are documented in docs/recipes.md and
+docs/performance.md."""
 
 from __future__ import annotations
 
@@ -33,3 +34,11 @@ class PerfConfig:
     def __post_init__(self) -> None:
         if self.peak_tflops < 0:
             raise RecipeError(f"must be 0 (the GPU's, looked up) or positive, got {self.peak_tflops}", "peak_tflops")
+
+
+@dataclass(kw_only=True, frozen=True)
+class DistributedConfig:
+    # ddp: every process holds the whole student (one all-reduce of the gradients per step); fsdp2: parameters,
+    # gradients, optimiser state and EMA are sharded over the processes (torch.distributed.fsdp.fully_shard, one
+    # all-gather per block in the forward and the backward), with sharded torch.distributed.checkpoint checkpoints
+    strategy: Literal["ddp", "fsdp2"] = "ddp"

@@ -138,7 +138,7 @@ def generate_folder(
         return None
     stack = np.stack([np.asarray(Image.open(out / f"{i:06d}.png").convert("RGB")) for i in range(num)])
     npz = write_npz(out.with_suffix(".npz") if out.suffix != ".npz" else out, stack)
-    record = {"checkpoint": str(checkpoint_path), "step": int(checkpoint.load(checkpoint_path)["step"]),
+    record = {"checkpoint": str(checkpoint_path), "step": int(checkpoint.load_meta(checkpoint_path)["step"]),
               "num": num, "labels": label_mode if classes else "data set sample conditions",
               "weights": "ema" if use_ema else "live", "sampler": config.sampler, "steps": config.steps,
               "cfg_scale": config.cfg_scale, "guidance_interval": list(config.guidance_interval), "seed": config.seed,

@@ -4,7 +4,8 @@ The process's share of the global batch (``global_batch_size / world_size``) is 
 ``data.micro_batch_size``. The objective draws t and the noise for the whole share at once, so the random
 streams are those of a run without accumulation; each micro-batch's loss is scaled by its share of the samples,
 so the summed gradients and the logged losses are the means over the whole batch (every loss is a mean over
-samples). DDP synchronises gradients only in the backward of the last micro-batch (``no_sync`` on the others).
+samples). DDP synchronises gradients only in the backward of the last micro-batch (``no_sync`` on the others), and
+so does FSDP2 (``set_requires_gradient_sync``: the other micro-batches accumulate unsharded gradients locally).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from haste_core.interfaces import TeacherOutput, TrainingPair
@@ -34,9 +36,17 @@ def take(value: Any, part: slice) -> Any:
 
 @contextmanager
 def gradient_sync(module: nn.Module, sync: bool) -> Iterator[None]:
-    """Let DDP all-reduce gradients in this forward/backward only when ``sync`` (the last micro-batch)."""
-    with module.no_sync() if isinstance(module, DistributedDataParallel) and not sync else nullcontext():
-        yield
+    """Let DDP all-reduce (FSDP2 reduce-scatter) gradients in this forward/backward only when ``sync`` (the last
+    micro-batch)."""
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_requires_gradient_sync(sync, recurse=False)
+    try:
+        with module.no_sync() if isinstance(module, DistributedDataParallel) and not sync else nullcontext():
+            yield
+    finally:
+        for unit in units:
+            unit.set_requires_gradient_sync(True, recurse=False)
 
 
 def accumulate(

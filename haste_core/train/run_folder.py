@@ -58,27 +58,27 @@ def resume_source(recipe: Recipe) -> Path | None:
             )
     latest = checkpoint.latest_path(run_dir)
     if recipe.run.resume == "never":
-        if latest.is_file():
+        if latest.exists():
             raise RunFolderError(
                 f"{run_dir} already holds checkpoints of this run and run.resume is 'never'; set run.resume=auto "
                 "to continue it, or choose another run.name to start a new one."
             )
         check_init_from(recipe)
         return None
-    source = Path(recipe.run.resume) if recipe.run.resume != "auto" else latest if latest.is_file() else None
+    source = Path(recipe.run.resume) if recipe.run.resume != "auto" else latest if latest.exists() else None
     point = fork.read(run_dir) if source is None and recipe.run.resume == "auto" else None
     if point is not None:  # a branch of a termination sweep, before its own first checkpoint
-        check_parent_recipe(checkpoint.load(point.parent), recipe, point)
+        check_parent_recipe(checkpoint.load_meta(point.parent), recipe, point)
         return point.parent
     if source is not None:  # readable, and written by this recipe: found out now, before anything is written
-        check_checkpoint_recipe(checkpoint.load(source), recipe, source)
+        check_checkpoint_recipe(checkpoint.load_meta(source), recipe, source)
     else:
         check_init_from(recipe)
     return source
 
 
 def has_checkpoints(run_dir: Path) -> bool:
-    return checkpoint.latest_path(run_dir).is_file() or bool(checkpoint.step_files(run_dir))
+    return checkpoint.latest_path(run_dir).exists() or bool(checkpoint.step_files(run_dir))
 
 
 def read_saved_recipe(path: Path) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def read_saved_recipe(path: Path) -> dict[str, Any]:
 def check_init_from(recipe: Recipe) -> None:
     """A fresh run's ``run.init_from`` must exist (a resumed run never reads it, so it may be gone by then)."""
     init_from = recipe.run.init_from
-    if init_from and not Path(init_from).is_file():
+    if init_from and not Path(init_from).exists():
         raise RecipeError(
             f"checkpoint {init_from!r} does not exist; give a REPA/HASTE/DiT checkpoint or a haste .pt file",
             "run.init_from",

@@ -128,7 +128,7 @@ def sweep_termination(
     rows.append(SweepRow("never_align", 0, value, folder / "never_align"))
     for k in stops:
         branch = derived(recipe, plugins, env, f"stop_{k}", _acting({"name": "fixed_step", "step": k}))
-        _, value = train(branch, plugins, env, score, checkpoint.step_path(parent_recipe.run_dir, k), k)
+        _, value = train(branch, plugins, env, score, checkpoint.find_step(parent_recipe.run_dir, k), k)
         rows.append(SweepRow(branch.run.name, k, value, branch.run_dir))
     rows.append(SweepRow("parent", None, parent_score, parent_recipe.run_dir))
     result = SweepResult(rows=rows, would_fire=would_fire, folder=folder)

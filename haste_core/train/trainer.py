@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from haste_core import distributed
 from haste_core.config.recipe import Recipe
 from haste_core.distributed import DistEnv
-from haste_core.errors import Preempted
+from haste_core.errors import CheckpointError, Preempted, RecipeError
 from haste_core.eval.grid import sample_grid, save_png
 from haste_core.interfaces import Objective, RunContext, Student, TrainingPair
 from haste_core.plugins import Plugins
@@ -35,6 +36,7 @@ from haste_core.train.metric_window import BYTES_PER_MB
 from haste_core.train.perf import Throughput
 from haste_core.train.phase import PhasePlan, Stop
 from haste_core.train.report import Reporter
+from haste_core.train.sharding import Sharding
 from haste_core.train.signals import StopAgreement, StopRequest
 from haste_core.train.stage import AlignmentStage
 from haste_core.train.stream import DataStream
@@ -53,9 +55,19 @@ class Trainer:
     def __init__(self, recipe: Recipe, plugins: Plugins, env: DistEnv, resume_from: Any = None) -> None:
         self.recipe, self.plugins, self.env = recipe, plugins, env
         device = env.device
-        state = checkpoint.load(resume_from) if resume_from is not None else None
+        sharded = recipe.distributed.strategy == "fsdp2"
+        state = checkpoint.load_meta(resume_from) if resume_from is not None else None  # tensors: in `_load`
+        if state is not None and checkpoint.is_sharded(resume_from) != sharded:
+            raise CheckpointError(_strategy_mismatch(resume_from, recipe.distributed.strategy))
         forked = fork.starts_from(recipe.run_dir, resume_from)  # a sweep's branch: stop aligning after its step
         plan = PhasePlan(recipe)
+        if sharded and plan.probe_every():
+            raise RecipeError(
+                "the gradient probe of a termination policy (probe_every > 0) takes each loss's gradient on the "
+                "whole student, which FSDP2 never holds; use distributed.strategy=ddp with this policy, or a policy "
+                "without the probe (fixed_step, fade, plateau)",
+                "distributed.strategy",
+            )
         if state is not None:
             plan.load_state_dict(fork.parent_phase(state["phase"], forked) if forked else state["phase"])
         if device.type == "cuda":
@@ -71,14 +83,21 @@ class Trainer:
         self.dataset = recipe.data.build(split="train")
         self.student: Student = recipe.student.build(data=recipe.data_spec, spec=recipe.student_spec).to(device)
         self.objective: Objective = recipe.objective.build()
-        self.ema = EMA(self.student, recipe.ema.decay)
+        ema_model = EMA.copy_of(self.student)
         # after the EMA copy: the EMA model (sampling, evaluation) never needs recomputation
         activation_checkpointing.apply(self.student, recipe.activation_checkpointing.every, recipe.student.name)
         compilation.compile_student(self.student, recipe.compile)
         self.stage = AlignmentStage(recipe, plan, device, plugins.resolve_weights)
         compilation.compile_teachers(self.stage.teachers, recipe.compile)
         if state is None and recipe.run.init_from:
-            self._init_from(recipe.run.init_from)
+            self._init_from(recipe.run.init_from, ema_model)
+        self.sharding = Sharding(env, recipe.precision.dtype, ema_model) if sharded else None
+        if self.sharding is not None:  # before the optimiser and the EMA: sharding replaces the parameters
+            self.sharding.shard_student(self.student)
+            self.sharding.shard_student(ema_model)
+            for alignment in self.stage.modules().values():
+                self.sharding.shard_heads(alignment)
+        self.ema = EMA(self.student, recipe.ema.decay, ema_model)
         opt = recipe.optimizer
         groups = [{"params": list(self.student.parameters()), "name": "student"}, *self.stage.param_groups()]
         self.optimizer = torch.optim.AdamW(
@@ -170,7 +189,7 @@ class Trainer:
         if self.throughput.flops is None:  # once per phase
             args = (self.student, self.objective, self.stage, batch, pair, weights)
             self._timed(lambda: self.throughput.count(*args))
-        ddp = f"the DDP collectives of step {self.step + 1} (buffer broadcast, gradient all_reduce)"
+        ddp = f"the {self.recipe.distributed.strategy.upper()} collectives of step {self.step + 1} (gradient sync)"
         with distributed.collective(ddp):
             probed = self._probe(batch, pair, weights)
             parts = accumulate(
@@ -189,6 +208,8 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(trained, self.recipe.optimizer.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trained if p.grad is not None])
+        if callable(full := getattr(grad_norm, "full_tensor", None)):  # FSDP2: a norm over sharded gradients
+            grad_norm = full()
         self._set_lr()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -272,18 +293,28 @@ class Trainer:
             self.plugins.alignment_terminated(self.run, stop.step, stop.alignment, stop.reason)
 
     def _wrap(self) -> nn.Module:
-        """The training module for the alignments active now (DDP around it with several processes)."""
+        """The training module for the alignments active now (DDP around it with several processes; under FSDP2
+        its parts are sharded already)."""
         module = TrainStep(self.student, self.objective, self.stage.modules(), self.stage.student_capture())
-        return distributed.wrap_ddp(module, self.env)
+        return module if self.sharding is not None else distributed.wrap_ddp(module, self.env)
+
+    def _trained(self) -> nn.Module:
+        """The modules the optimiser trains, under the names of the training module (``student.``,
+        ``alignments.<label>.``): what names the optimiser state of a sharded checkpoint."""
+        return nn.ModuleDict({"student": self.student, "alignments": nn.ModuleDict(self.stage.modules())})
+
+    def _whole(self, model: nn.Module) -> nn.Module:
+        """``model`` (the student or its EMA) unsharded: gathered under FSDP2 (every rank calls this), else itself."""
+        return model if self.sharding is None else self.sharding.full_copy(model)
 
     # --- helpers ----------------------------------------------------------------------------------------------
 
-    def _init_from(self, path: str) -> None:
+    def _init_from(self, path: str, ema_model: nn.Module) -> None:
         """A fresh run starts from a checkpoint's weights: live → student and the alignments' heads, EMA → EMA."""
         published = read_checkpoint(path, self.plugins.registry("alignments"))
         name = self.recipe.student.name
         import_checkpoint(published, self.student, weights="model", alignments=self.stage.modules(), name=name)
-        import_checkpoint(published, self.ema.model, weights="ema", name=name)
+        import_checkpoint(published, ema_model, weights="ema", name=name)
         log.info(f"initialised {name} from {path} ({published.layout} layout)")
 
     def _probe(self, batch: dict[str, Any], pair: TrainingPair, weights: dict[str, float]) -> dict[str, Tensor]:
@@ -323,32 +354,44 @@ class Trainer:
         trained = [self.student.state_dict(), self.ema.state_dict(), self.stage.state_dict()]
         self.guard.check_state(self.step, [*trained, self.optimizer.state_dict()["state"]])
         rng = distributed.all_gather_objects(checkpoint.capture_rng())
-        path = checkpoint.step_path(self.recipe.run_dir, self.step)
+        run_dir, keep = self.recipe.run_dir, self.recipe.run.keep_checkpoints
+        meta = {
+            "step": self.step,
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "data": self.stream.position(),
+            "phase": self.plan.state_dict(),
+            "recipe": self.recipe.to_dict(),
+            "plugins": self.run.plugins,
+            "world_size": self.env.world_size,
+        }
+        path = checkpoint.step_path(run_dir, self.step, sharded=self.sharding is not None)
+        if self.sharding is not None:  # every rank writes its shards
+            optimizer = get_optimizer_state_dict(self._trained(), self.optimizer)
+            tensors = {**self._tensor_state(), "optimizer": optimizer["state"]}
+            checkpoint.save_sharded(
+                tensors, {**meta, "optimizer_groups": optimizer["param_groups"]}, run_dir, self.step, keep
+            )
+        elif self.env.is_main:
+            state = {**self._tensor_state(), "optimizer": self.optimizer.state_dict(), **meta}
+            path = checkpoint.save(state, run_dir, self.step, keep)
         if self.env.is_main:
-            state = {
-                "step": self.step,
-                "student": self.student.state_dict(),
-                "ema": self.ema.state_dict(),
-                "alignments": self.stage.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng,
-                "data": self.stream.position(),
-                "phase": self.plan.state_dict(),
-                "recipe": self.recipe.to_dict(),
-                "plugins": self.run.plugins,
-                "world_size": self.env.world_size,
-            }
-            path = checkpoint.save(state, self.recipe.run_dir, self.step, self.recipe.run.keep_checkpoints)
             log.info(f"step {self.step}: saved {path}")
         distributed.barrier()
         self.plugins.checkpoint_saved(self.run, self.step, path)
+
+    def _tensor_state(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "ema": self.ema.state_dict(),
+            "alignments": self.stage.state_dict(),
+        }
 
     def _evaluate(self) -> dict[str, float]:
         """FID-k of the EMA student (every rank draws its share); its time is not counted as training time."""
         started = time.perf_counter()
         with self._autocast():
-            metrics = self.evaluator.evaluate(self.ema.model, self.objective, self.dataset)
+            metrics = self.evaluator.evaluate(self._whole(self.ema.model), self.objective, self.dataset)
         self.report.window.exclude(time.perf_counter() - started)
         if self.env.is_main:
             log.info(f"step {self.step}: eval/fid {metrics['eval/fid']:.3f}")
@@ -356,15 +399,16 @@ class Trainer:
 
     def sample(self) -> None:
         """A grid from the EMA student (eval mode), with the same noise every time, and the attention pictures of
-        the live student (``train/attention_pictures.py``), drawn by rank 0."""
+        the live student (``train/attention_pictures.py``), drawn by rank 0 (from gathered copies under FSDP2)."""
+        ema, student = self._whole(self.ema.model), self._whole(self.student)
         if self.env.is_main:
             with self._autocast():
-                grid = sample_grid(self.ema.model, self.objective, self.dataset, self.recipe.sampling, self.env.device)
+                grid = sample_grid(ema, self.objective, self.dataset, self.recipe.sampling, self.env.device)
             path = self.recipe.run_dir / "samples" / f"step_{self.step:08d}.png"
             save_png(grid, path)
             self.plugins.samples_saved(self.run, self.step, grid, path)
             with self._autocast():
-                pictures = self.pictures.draw(self.student, self.stage.views, self.stage.label_teachers())
+                pictures = self.pictures.draw(student, self.stage.views, self.stage.label_teachers())
             if pictures:
                 attention_pictures.save(pictures, self.recipe.run_dir, self.step)
                 self.plugins.images(self.run, self.step, pictures)
@@ -373,10 +417,19 @@ class Trainer:
     # --- resume -----------------------------------------------------------------------------------------------
 
     def _load(self, state: dict[str, Any], source: Any) -> None:
+        if self.sharding is not None:  # each rank reads its own shards, whatever process count wrote them
+            optimizer = get_optimizer_state_dict(self._trained(), self.optimizer)  # a template of the right shapes
+            tensors = {**self._tensor_state(), "optimizer": optimizer["state"]}
+            checkpoint.load_sharded(source, tensors)
+            state = {**state, **tensors}
+            optimizer_state = {"state": tensors["optimizer"], "param_groups": state["optimizer_groups"]}
         self.student.load_state_dict(state["student"])
         self.ema.load_state_dict(state["ema"])
         self.stage.load_state_dict(state["alignments"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharding is not None:
+            set_optimizer_state_dict(self._trained(), self.optimizer, optimizer_state)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.stream.load_position(state["data"])
         self.step = int(state["step"])
@@ -390,3 +443,13 @@ class Trainer:
             )
             torch.manual_seed(self.recipe.run.seed + _TRAIN_SEED_OFFSET * (self.env.rank + 1) + self.step)
         log.info(f"resumed from {source} at step {self.step}")
+
+
+def _strategy_mismatch(source: Any, strategy: str) -> str:
+    written = (
+        "a sharded folder (distributed.strategy fsdp2)" if checkpoint.is_sharded(source) else "a single file (ddp)"
+    )
+    return (
+        f"checkpoint {source} is {written}, but this run uses distributed.strategy={strategy}; resume it with the "
+        f"strategy it was written with, or start a new run from its weights with run.init_from={source}"
+    )

@@ -80,9 +80,9 @@ def export_reference(source: str | Path, out: str | Path, layout: str, local_plu
 
 def _checkpoint_file(source: Path) -> Path:
     """``source`` itself, or a run folder's latest checkpoint."""
-    if not source.is_dir():
+    if not source.is_dir() or checkpoint.is_sharded(source):
         return source
     latest = checkpoint.latest_path(source)
-    if not latest.is_file():
+    if not latest.exists():
         raise HasteError(f"{source} is a folder without {latest.relative_to(source)}; is it a run folder?")
     return latest

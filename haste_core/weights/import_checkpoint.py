@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from haste_core.errors import CheckpointError
 from haste_core.interfaces import Alignment
 from haste_core.registry import Registry
+from haste_core.weights import checkpoint as run_checkpoint
 from haste_core.weights.checkpoint import FORMAT as HASTE_FORMAT
 from haste_core.weights.hub import check_fits
 
@@ -72,18 +73,8 @@ def read_checkpoint(path: str | Path, alignments: Registry | Iterable[str] = ())
     are alignment heads rather than the student's."""
     prefixes = head_prefixes(alignments) if isinstance(alignments, Registry) else sorted(alignments)
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            # memory-mapped when the file allows it (torch's zip format): a REPA checkpoint also holds the optimiser
-            # state, and under torchrun every rank reads the file; only the weights used are then paged in
-            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: truncated, or not a file torch.load reads "
-            "with weights_only=True); give a REPA/HASTE/DiT checkpoint or a haste .pt file"
-        ) from None
+    sharded = run_checkpoint.is_sharded(path) and path.is_dir()  # a sharded haste checkpoint (FSDP2 runs)
+    raw = run_checkpoint.load(path) if sharded else _read_file(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}; expected a dict of weights")
     if raw.get("format") == HASTE_FORMAT:
@@ -102,6 +93,21 @@ def read_checkpoint(path: str | Path, alignments: Registry | Iterable[str] = ())
         f"opt, args, steps), a plain state dict (official DiT) or a haste run checkpoint; found keys "
         f"{sorted(map(str, raw))[:8]}"
     )
+
+
+def _read_file(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            # memory-mapped when the file allows it (torch's zip format): a REPA checkpoint also holds the optimiser
+            # state, and under torchrun every rank reads the file; only the weights used are then paged in
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: truncated, or not a file torch.load reads "
+            "with weights_only=True); give a REPA/HASTE/DiT checkpoint or a haste .pt file"
+        ) from None
 
 
 def split_heads(state: Mapping[str, Tensor], prefixes: Iterable[str]) -> tuple[dict[str, Tensor], Heads]:
