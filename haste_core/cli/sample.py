@@ -33,7 +33,9 @@ class _Given(argparse.Action):
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     from haste_core.eval.presets import PRESETS
 
-    parser.add_argument("checkpoint", type=Path, help="a haste checkpoint (.pt, or .dcp: sharded), e.g. RUN/checkpoints/latest.pt")
+    parser.add_argument(
+        "checkpoint", type=Path, help="a haste checkpoint (.pt, or .dcp: sharded), e.g. RUN/checkpoints/latest.pt"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder of PNGs; the .npz goes next to it")
     # not "--num": torchrun would take it for an abbreviation of its own --numa-binding
     parser.add_argument(

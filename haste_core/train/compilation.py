@@ -4,6 +4,9 @@ The student is compiled in place (``nn.Module.compile``: parameter names and che
 has no graph break, so a step runs one graph; what the student captures is part of the graph's guards, so the
 phase change (capture on → off) recompiles once, and the trainer says so. Everything else that calls the
 student (the EMA copy, the FLOP count, the attention pictures) runs eagerly.
+
+Under FSDP2 each block is compiled instead (``per_block``): every block is an FSDP unit whose all-gather hooks run
+around it, outside the graph, as in torchtitan; the embedders and the final layer stay eager.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from haste_core.interfaces import Teacher
 log = logging.getLogger("haste")
 
 
-def compile_student(student: nn.Module, config: CompileConfig) -> None:
-    if config.student:
-        student.compile(mode=config.mode, backend=config.backend)
+def compile_student(student: nn.Module, config: CompileConfig, per_block: bool = False) -> None:
+    if not config.student:
+        return
+    blocks = getattr(student, "blocks", None) if per_block else None
+    for module in blocks if isinstance(blocks, nn.ModuleList) else [student]:
+        module.compile(mode=config.mode, backend=config.backend)
 
 
 def compile_teachers(teachers: dict[str, Teacher], config: CompileConfig) -> None:

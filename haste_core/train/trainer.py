@@ -86,7 +86,7 @@ class Trainer:
         ema_model = EMA.copy_of(self.student)
         # after the EMA copy: the EMA model (sampling, evaluation) never needs recomputation
         activation_checkpointing.apply(self.student, recipe.activation_checkpointing.every, recipe.student.name)
-        compilation.compile_student(self.student, recipe.compile)
+        compilation.compile_student(self.student, recipe.compile, per_block=sharded)
         self.stage = AlignmentStage(recipe, plan, device, plugins.resolve_weights)
         compilation.compile_teachers(self.stage.teachers, recipe.compile)
         if state is None and recipe.run.init_from:

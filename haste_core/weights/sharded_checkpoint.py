@@ -19,6 +19,9 @@ import os
 import pickle
 import shutil
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +99,8 @@ def save(tensors: dict[str, Any], meta: dict[str, Any], target: Path) -> None:
     failure = ""
     try:
         writer = dcp.FileSystemWriter(temporary, sync_files=True)
-        dcp.save(tensors, storage_writer=writer, no_dist=not distributed.is_initialized())
+        with _one_process_is_intended():
+            dcp.save(tensors, storage_writer=writer, no_dist=not distributed.is_initialized())
         if distributed.env_rank() == 0:
             _write_meta(meta, temporary / META)
     except (OSError, dcp.api.CheckpointException) as exc:
@@ -105,9 +109,11 @@ def save(tensors: dict[str, Any], meta: dict[str, Any], target: Path) -> None:
     if failures:
         if distributed.env_rank() == 0:
             shutil.rmtree(temporary, ignore_errors=True)
+        kept = ", ".join(p.name for p in sorted(folder.glob("step_*"))) or "none"
         raise CheckpointError(
             f"cannot write checkpoint {target}: {failures[0]}; nothing was overwritten and the earlier checkpoints "
-            f"are kept. Free space (or write access) in {folder}, then run the same command again to resume."
+            f"are kept ({kept}). Free space (or write access) in {folder}, then run the same command again to resume "
+            "from the last of them."
         )
     if distributed.env_rank() == 0:
         if target.exists():  # the same step saved again (a resumed run stopped at once): the new one replaces it
@@ -115,6 +121,14 @@ def save(tensors: dict[str, Any], meta: dict[str, Any], target: Path) -> None:
             os.replace(target, stale)
             shutil.rmtree(stale)
         os.replace(temporary, target)
+
+
+@contextmanager
+def _one_process_is_intended() -> Iterator[None]:
+    """DCP warns on every save and load without a process group; for one process that is what haste means."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _write_meta(meta: dict[str, Any], path: Path) -> None:
@@ -127,7 +141,8 @@ def _write_meta(meta: dict[str, Any], path: Path) -> None:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return (exc.strerror or str(exc)).lower()
-    inner = [e for e in getattr(exc, "failures", {}).values() if isinstance(e, BaseException)]
+    # DCP's CheckpointException maps each failed rank to (its exception, its traceback)
+    inner = [pair[0] for pair in getattr(exc, "failures", {}).values() if isinstance(pair[0], BaseException)]
     return _reason(inner[0]) if inner else str(exc).splitlines()[0]
 
 
@@ -150,7 +165,8 @@ def load_into(path: Path, tensors: dict[str, Any]) -> None:
     reader = SafeReader(path)
     reader.read_metadata()  # its refusal, if any, as haste's error rather than inside DCP's
     try:
-        dcp.load(tensors, storage_reader=reader, no_dist=not distributed.is_initialized())
+        with _one_process_is_intended():
+            dcp.load(tensors, storage_reader=reader, no_dist=not distributed.is_initialized())
     except dcp.api.CheckpointException as exc:
         raise CheckpointError(f"checkpoint {path} does not fit this run: {_reason(exc)}") from None
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from haste_core.errors import CheckpointError
+from haste_core import distributed
+from haste_core.errors import CheckpointError, RecipeError
+from haste_core.train.trainer import Trainer
 from haste_core.weights import checkpoint
 from tests.conftest import TINY_RECIPE, run_module
 from tests.train.test_accumulate import ADAM_EPS
@@ -22,8 +24,10 @@ from tests.train.test_accumulate import ADAM_EPS
 # from being blown up to steps of ±lr
 COMMON = ("run.checkpoint_every=2", "run.keep_checkpoints=0", "run.sample_every=4", ADAM_EPS)
 FSDP2 = "distributed.strategy=fsdp2"
+COMPILED = ("compile.student=true", "compile.backend=aot_eager")
 ENV = {"OMP_NUM_THREADS": "1"}
 STOPPED = {"repa": 4, "attention": 4}
+CPU = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
 def train(tmp_path: Path, name: str, *overrides: str, processes: int = 2) -> subprocess.CompletedProcess:
@@ -89,10 +93,12 @@ def test_fsdp2_trains_like_ddp_through_termination_and_resumes_on_two_and_on_one
     assert sorted(p.name for p in (fsdp2 / "samples").iterdir()) == ["step_00000004.png", "step_00000008.png"]
     assert any((fsdp2 / "attention").iterdir())
 
-    # resumed before the termination step on 2 processes (in micro-batches of 2, recomputing every other block):
-    # the RNG states are restored, so the losses of steps 3..8 are the uninterrupted run's
+    # resumed before the termination step on 2 processes, in micro-batches of 2, recomputing every other block,
+    # with compiled blocks: the RNG states are restored, so the losses of steps 3..8 are the uninterrupted run's
     step2 = saved / "step_00000002.dcp"
-    train(tmp_path, "resumed2", FSDP2, f"run.resume={step2}", "data.micro_batch_size=2", "activation_checkpointing.every=2")
+    speed = ("data.micro_batch_size=2", "activation_checkpointing.every=2", *COMPILED)
+    resumed = train(tmp_path, "resumed2", FSDP2, f"run.resume={step2}", *speed)
+    assert "recompiles once for the new capture" in resumed.stderr
     resumed2 = losses(tmp_path / "resumed2")
     assert_same_losses({s: v for s, v in losses(ddp).items() if s > 2}, resumed2, range(3, 9))
     assert checkpoint.load_meta(checkpoint.latest_path(tmp_path / "resumed2"))["phase"]["stopped"] == STOPPED
@@ -153,13 +159,19 @@ def test_a_sharded_checkpoint_cut_short_names_what_is_missing(tmp_path):
         checkpoint.load_meta(folder)
 
 
-def test_resuming_across_strategies_says_how(tiny, plugins, tmp_path):
-    from haste_core import distributed
-    from haste_core.train.trainer import Trainer
-
-    cpu = distributed.DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-    Trainer(tiny("run.max_steps=2", FSDP2), plugins, cpu).fit()
+def test_resuming_across_strategies_says_how_and_init_from_reads_a_sharded_checkpoint(tiny, plugins, tmp_path):
+    Trainer(tiny("run.max_steps=2", FSDP2), plugins, CPU).fit()
     sharded = checkpoint.latest_path(tmp_path / "tiny")
     assert sharded.name == "latest.dcp"
     with pytest.raises(CheckpointError, match=r"is a sharded folder .* uses distributed.strategy=ddp.*run.init_from"):
-        Trainer(tiny("run.name=other"), plugins, cpu, resume_from=sharded)
+        Trainer(tiny("run.name=other"), plugins, CPU, resume_from=sharded)
+    # a new DDP run starts from its weights
+    started = Trainer(tiny("run.name=other", f"run.init_from={sharded}"), plugins, CPU)
+    assert_same_tensors(checkpoint.load(sharded)["student"], started.student.state_dict())
+
+
+def test_a_policy_that_needs_the_gradient_probe_is_refused_under_fsdp2(tiny, plugins):
+    recipe = tiny("termination={name: gradient_conflict, every: 2}", FSDP2)
+    with pytest.raises(RecipeError, match=r"distributed.strategy: the gradient probe .* use distributed.strategy=ddp"):
+        Trainer(recipe, plugins, CPU)
+    assert not recipe.run_dir.exists()
