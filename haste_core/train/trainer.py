@@ -189,7 +189,8 @@ class Trainer:
         if self.throughput.flops is None:  # once per phase
             args = (self.student, self.objective, self.stage, batch, pair, weights)
             self._timed(lambda: self.throughput.count(*args))
-        ddp = f"the {self.recipe.distributed.strategy.upper()} collectives of step {self.step + 1} (gradient sync)"
+        syncs = "all-gathers, reduce-scatters" if self.sharding is not None else "buffer broadcast, gradient all_reduce"
+        ddp = f"the {self.recipe.distributed.strategy.upper()} collectives of step {self.step + 1} ({syncs})"
         with distributed.collective(ddp):
             probed = self._probe(batch, pair, weights)
             parts = accumulate(
