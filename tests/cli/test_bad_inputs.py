@@ -74,25 +74,30 @@ def test_a_file_where_the_run_folder_should_be(tmp_path, capsys):
     assert (tmp_path / "tiny").read_text() == "a file"
 
 
-def test_a_full_disk_keeps_the_earlier_checkpoints(tiny, plugins, monkeypatch):
-    trainer = trainer_for(tiny("run.checkpoint_every=2", "run.max_steps=4"), plugins)
+@pytest.mark.parametrize(
+    ("strategy", "suffix", "latest"), [("ddp", ".pt", "latest.pt"), ("fsdp2", ".dcp", "latest.dcp")]
+)
+def test_a_full_disk_keeps_the_earlier_checkpoints(tiny, plugins, monkeypatch, strategy, suffix, latest):
+    """A file (DDP) or a sharded folder (FSDP2) that cannot be written leaves nothing partial behind."""
+    recipe = tiny("run.checkpoint_every=2", "run.max_steps=4", f"distributed.strategy={strategy}")
+    trainer = trainer_for(recipe, plugins)
     real_save = torch.save
 
     def save_until_full(obj, handle, *args, **kwargs):
-        if obj["step"] == 4:
+        if trainer.step == 4:
             handle.write(b"half of it")
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, handle, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
+    monkeypatch.setattr(torch, "save", save_until_full)
     with pytest.raises(CheckpointError) as caught:
         trainer.fit()
     message = str(caught.value)
-    assert "step_00000004.pt: no space left on device" in message
-    assert "the earlier checkpoints are kept (step_00000002.pt)" in message
+    assert f"step_00000004{suffix}: no space left on device" in message
+    assert f"the earlier checkpoints are kept (step_00000002{suffix})" in message
     folder = trainer.recipe.run_dir / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["latest.pt", "step_00000002.pt"]  # no partial file
-    assert checkpoint.load(folder / "latest.pt")["step"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == [latest, f"step_00000002{suffix}"]  # nothing partial
+    assert checkpoint.load(folder / latest)["step"] == 2
 
 
 def test_a_corrupt_cached_teacher_is_rebuilt_saying_so(tiny, plugins, tmp_path, monkeypatch, caplog):
@@ -107,25 +112,3 @@ def test_a_corrupt_cached_teacher_is_rebuilt_saying_so(tiny, plugins, tmp_path, 
     assert trainer.stage.teachers["teacher"].heldout_accuracy == 0.5
     assert f"the cached weights {path} are unreadable" in caplog.text and "training them again" in caplog.text
     assert torch.load(path, weights_only=True)["heldout_accuracy"] == 0.5
-
-
-def test_a_full_disk_keeps_the_earlier_sharded_checkpoints(tiny, plugins, monkeypatch):
-    """FSDP2's sharded checkpoints: a shard that cannot be written leaves no folder behind, on every rank."""
-    trainer = trainer_for(tiny("run.checkpoint_every=2", "run.max_steps=4", "distributed.strategy=fsdp2"), plugins)
-    real_save = torch.save
-
-    def save_until_full(obj, handle, *args, **kwargs):
-        if trainer.step == 4:
-            handle.write(b"half of it")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, handle, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save_until_full)
-    with pytest.raises(CheckpointError) as caught:
-        trainer.fit()
-    message = str(caught.value)
-    assert "step_00000004.dcp: no space left on device" in message
-    assert "the earlier checkpoints are kept (step_00000002.dcp)" in message
-    folder = trainer.recipe.run_dir / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["latest.dcp", "step_00000002.dcp"]  # no partial folder
-    assert checkpoint.load(folder / "latest.dcp")["step"] == 2
