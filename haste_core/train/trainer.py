@@ -190,8 +190,8 @@ class Trainer:
             args = (self.student, self.objective, self.stage, batch, pair, weights)
             self._timed(lambda: self.throughput.count(*args))
         syncs = "all-gathers, reduce-scatters" if self.sharding is not None else "buffer broadcast, gradient all_reduce"
-        ddp = f"the {self.recipe.distributed.strategy.upper()} collectives of step {self.step + 1} ({syncs})"
-        with distributed.collective(ddp):
+        collectives = f"the {self.recipe.distributed.strategy.upper()} collectives of step {self.step + 1} ({syncs})"
+        with distributed.collective(collectives):
             probed = self._probe(batch, pair, weights)
             parts = accumulate(
                 self.module,
