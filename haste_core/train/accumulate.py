@@ -15,10 +15,10 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from torch import Tensor, nn
-from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from haste_core.interfaces import TeacherOutput, TrainingPair
+from haste_core.train.sharding import fsdp_units
 
 
 def micro_slices(per_rank: int, micro_batch: int) -> list[slice]:
@@ -38,7 +38,7 @@ def take(value: Any, part: slice) -> Any:
 def gradient_sync(module: nn.Module, sync: bool) -> Iterator[None]:
     """Let DDP all-reduce (FSDP2 reduce-scatter) gradients in this forward/backward only when ``sync`` (the last
     micro-batch)."""
-    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    units = fsdp_units(module)
     for unit in units:
         unit.set_requires_gradient_sync(sync, recurse=False)
     try:

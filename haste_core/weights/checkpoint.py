@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from haste_core import distributed
 from haste_core.errors import CheckpointError
 from haste_core.weights import sharded_checkpoint
 
@@ -89,7 +90,7 @@ def save_sharded(tensors: dict[str, Any], meta: dict[str, Any], run_dir: Path, s
     ``keep``."""
     target = step_path(run_dir, step, sharded=True)
     sharded_checkpoint.save(tensors, {"format": FORMAT, **meta}, target)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed.env_rank() == 0:
         folder = checkpoint_dir(run_dir)
         link = folder / f".{LATEST_SHARDED}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         os.symlink(target.name, link)

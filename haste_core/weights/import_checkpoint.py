@@ -34,7 +34,6 @@ from haste_core.errors import CheckpointError
 from haste_core.interfaces import Alignment
 from haste_core.registry import Registry
 from haste_core.weights import checkpoint as run_checkpoint
-from haste_core.weights.checkpoint import FORMAT as HASTE_FORMAT
 from haste_core.weights.hub import check_fits
 
 Heads = dict[str, dict[str, Tensor]]  # published prefix (or, for our own runs, alignment label) -> its tensors
@@ -77,7 +76,7 @@ def read_checkpoint(path: str | Path, alignments: Registry | Iterable[str] = ())
     raw = run_checkpoint.load(path) if sharded else _read_file(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}; expected a dict of weights")
-    if raw.get("format") == HASTE_FORMAT:
+    if raw.get("format") == run_checkpoint.FORMAT:
         heads = {str(label): dict(state) for label, state in (raw.get("alignments") or {}).items()}
         name = ((raw.get("recipe") or {}).get("student") or {}).get("name")
         return PublishedCheckpoint(path, "haste", raw["student"], raw["ema"], heads, heads, student_name=name)
