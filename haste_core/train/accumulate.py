@@ -38,9 +38,9 @@ def take(value: Any, part: slice) -> Any:
 def gradient_sync(module: nn.Module, sync: bool) -> Iterator[None]:
     """Let DDP all-reduce (FSDP2 reduce-scatter) gradients in this forward/backward only when ``sync`` (the last
     micro-batch)."""
-    units = fsdp_units(module)
+    units = [] if sync else fsdp_units(module)  # synchronising is every unit's default: nothing to switch
     for unit in units:
-        unit.set_requires_gradient_sync(sync, recurse=False)
+        unit.set_requires_gradient_sync(False, recurse=False)
     try:
         with module.no_sync() if isinstance(module, DistributedDataParallel) and not sync else nullcontext():
             yield

@@ -137,7 +137,7 @@ def load(path: Path) -> dict[str, Any]:
     """Map a checkpoint into CPU memory (tensors are read when used; a sharded one is read whole); a clear
     ``CheckpointError`` if it is missing, truncated or foreign."""
     path = Path(path)
-    if is_sharded(path) and path.is_dir():
+    if is_sharded(path):
         return _checked(sharded_checkpoint.load_full(path), path)
     return _load_file(path)
 
@@ -146,7 +146,7 @@ def load_meta(path: Path) -> dict[str, Any]:
     """What a checkpoint says besides its tensors (step, recipe, phase, ...): cheap for both kinds (a file's
     tensors are mapped, not read)."""
     path = Path(path)
-    if is_sharded(path) and path.is_dir():
+    if is_sharded(path):
         return _checked(sharded_checkpoint.load_meta(path), path)
     return _load_file(path)
 

@@ -72,8 +72,7 @@ def read_checkpoint(path: str | Path, alignments: Registry | Iterable[str] = ())
     are alignment heads rather than the student's."""
     prefixes = head_prefixes(alignments) if isinstance(alignments, Registry) else sorted(alignments)
     path = Path(path)
-    sharded = run_checkpoint.is_sharded(path) and path.is_dir()  # a sharded haste checkpoint (FSDP2 runs)
-    raw = run_checkpoint.load(path) if sharded else _read_file(path)
+    raw = run_checkpoint.load(path) if run_checkpoint.is_sharded(path) else _read_file(path)  # FSDP2 runs: a folder
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}; expected a dict of weights")
     if raw.get("format") == run_checkpoint.FORMAT:

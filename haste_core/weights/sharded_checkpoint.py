@@ -86,7 +86,8 @@ class SafeReader(dcp.FileSystemReader):
 
 
 def is_sharded(path: Path) -> bool:
-    return Path(path).suffix == SUFFIX
+    """Whether ``path`` is a sharded checkpoint: a ``.dcp`` folder (``latest.dcp`` links to one)."""
+    return Path(path).suffix == SUFFIX and Path(path).is_dir()
 
 
 def save(tensors: dict[str, Any], meta: dict[str, Any], target: Path) -> None:
